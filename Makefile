@@ -1,0 +1,41 @@
+# Every target builds or refreshes .venv itself, so each works on a fresh clone.
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+PYTEST    ?= $(BIN)/pytest
+
+.PHONY: demo test test-gpu lint format venv clean
+
+venv: $(STAMP)
+
+# Re-install whenever the project's dependencies change.
+$(STAMP): pyproject.toml scripts/find-python
+	@py=$$(scripts/find-python) || exit 1; \
+	if [ ! -x $(BIN)/python ] || ! $(BIN)/python -c 'import sys; raise SystemExit(sys.version_info[:2] != (3, 12))'; then \
+		echo "creating $(VENV) with $$py"; rm -rf $(VENV); "$$py" -m venv $(VENV) || exit 1; \
+	fi
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+# GPU tests are deselected here: CI and this machine have no GPU. `make test-gpu` runs them.
+test: $(STAMP)
+	$(PYTEST) -m "not gpu"
+
+test-gpu: $(STAMP)
+	$(PYTEST) -m gpu
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""gristmill services: planner, worker and coordinator. They import gristmill, never each other."""

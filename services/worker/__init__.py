@@ -1,0 +1,1 @@
+"""The worker service (see DESIGN.md section 2); it arrives with the service issue."""

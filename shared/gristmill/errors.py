@@ -1,0 +1,112 @@
+"""Every exception gristmill raises on purpose, in one place.
+
+Messages name what the user can act on: the stage, the column, the file, the parameter.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GristmillError",
+    "MissingInputError",
+    "PipelineBuildError",
+    "ResourcesError",
+    "SpecError",
+    "StageError",
+    "StageParamsError",
+    "StageRegistryError",
+    "TaskInputError",
+    "TaskSerializationError",
+    "UnknownStageError",
+]
+
+
+class GristmillError(Exception):
+    """Base class of gristmill's own errors."""
+
+
+class ResourcesError(GristmillError, ValueError):
+    """A `Resources` request that no scheduler could honour (negative, or contradictory)."""
+
+
+class TaskSerializationError(GristmillError, ValueError):
+    """A task that cannot be turned into bytes, or bytes that are not a gristmill task."""
+
+
+class PipelineBuildError(GristmillError):
+    """A pipeline that cannot be built: empty, wrong stage types, a broken input chain."""
+
+
+class MissingInputError(PipelineBuildError):
+    """A stage needs a column or attribute that nothing before it produces."""
+
+    def __init__(
+        self, stage: str, position: int, kind: str, missing: list[str], available: list[str]
+    ):
+        self.stage = stage
+        self.missing = missing
+        shown = ", ".join(repr(c) for c in available) if available else "none"
+        super().__init__(
+            f"stage #{position} '{stage}' needs {kind} {', '.join(repr(m) for m in missing)}, "
+            f"which no earlier stage produces (available: {shown}). "
+            f"Add a stage that produces it, or fix the stage's inputs()."
+        )
+
+
+class StageError(GristmillError):
+    """A stage raised; the original exception is chained as __cause__.
+
+    `phase` is the method that raised: process, setup, setup_on_node or teardown.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        cause: BaseException,
+        task_ids: list[str] | None = None,
+        phase: str = "process",
+    ):
+        self.stage = stage
+        self.phase = phase
+        self.task_ids = list(task_ids or [])
+        where = f"stage '{stage}' failed in {phase}()"
+        if self.task_ids:
+            shown = ", ".join(self.task_ids[:5])
+            more = len(self.task_ids) - 5
+            where += f" on task {shown}" + (f" (+{more} more)" if more > 0 else "")
+        super().__init__(f"{where}: {type(cause).__name__}: {cause}")
+
+
+class TaskInputError(GristmillError, KeyError):
+    """A task reaches a stage without a column or attribute the stage declares in inputs()."""
+
+    def __init__(self, stage: str, task_id: str, kind: str, missing: list[str], present: list[str]):
+        self.stage = stage
+        self.task_id = task_id
+        self.missing = missing
+        names = ", ".join(repr(m) for m in missing)
+        message = f"stage '{stage}' needs {kind} {names}, which task {task_id!r} lacks"
+        if present:
+            message += f" (it has: {', '.join(repr(p) for p in present)})"
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message in quotes
+        return str(self.args[0])
+
+
+class StageRegistryError(GristmillError):
+    """A stage name that clashes in, or cannot be loaded from, the stage registry."""
+
+
+class SpecError(GristmillError, ValueError):
+    """A pipeline spec (dict or YAML) that is malformed."""
+
+
+class UnknownStageError(SpecError, KeyError):
+    """A spec names a stage that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message in quotes
+        return str(self.args[0])
+
+
+class StageParamsError(SpecError):
+    """A spec gives a stage parameters its constructor does not accept."""

@@ -1,0 +1,85 @@
+"""`BaseExecutor`: what every backend offers, and the start-up rules they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from gristmill.errors import GristmillError
+from gristmill.stages import ProcessingStage
+from gristmill.tasks import EmptyTask, Task, content_task_id
+
+__all__ = ["BaseExecutor", "StageTotals", "prepare_initial_tasks"]
+
+AnyStage = ProcessingStage[Any, Any]
+AnyTask = Task[Any]
+
+
+class BaseExecutor(ABC):
+    """Runs built stages (one per physical step) over initial tasks and returns the outputs.
+
+    `config` holds backend-specific settings; each executor documents the keys it reads and
+    rejects the ones it does not know.
+    """
+
+    config_keys: frozenset[str] = frozenset()
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        self.config: dict[str, Any] = dict(config or {})
+        unknown = sorted(set(self.config) - self.config_keys)
+        if unknown:
+            known = ", ".join(sorted(self.config_keys)) or "none"
+            raise GristmillError(
+                f"{type(self).__name__}: unknown config key(s) {', '.join(unknown)} "
+                f"(known: {known})"
+            )
+        self.totals: list[StageTotals] = []
+
+    @abstractmethod
+    def execute(
+        self, stages: list[AnyStage], initial_tasks: list[AnyTask] | None = None
+    ) -> list[AnyTask]:
+        """Run `stages` in order; without `initial_tasks`, start from one `EmptyTask`."""
+
+
+@dataclass
+class StageTotals:
+    """What one stage did over a whole run, summed over its calls."""
+
+    stage_name: str
+    calls: int = 0
+    tasks_in: int = 0
+    tasks_out: int = 0
+    items_in: int = 0
+    items_out: int = 0
+    wall_time_s: float = 0.0
+
+    def add_call(
+        self, tasks_in: int, items_in: int, outputs: list[AnyTask], wall_time_s: float
+    ) -> None:
+        """Count one call of the stage."""
+        self.calls += 1
+        self.tasks_in += tasks_in
+        self.tasks_out += len(outputs)
+        self.items_in += items_in
+        self.items_out += sum(t.num_items for t in outputs)
+        self.wall_time_s += wall_time_s
+
+
+def prepare_initial_tasks(initial_tasks: list[AnyTask] | None) -> list[AnyTask]:
+    """The tasks a run starts from: one `EmptyTask` by default; tasks given without an id get
+    one from their content, so the same inputs always start the same lineage."""
+    if initial_tasks is None:
+        return [EmptyTask()]
+    tasks = list(initial_tasks)
+    seen: set[str] = set()
+    for task in tasks:
+        if not isinstance(task, Task):
+            raise GristmillError(f"initial tasks must be Tasks, got {type(task).__name__}")
+        if not task.task_id:
+            task.task_id = content_task_id(type(task).__qualname__, task.to_bytes().hex())
+        if task.task_id in seen:
+            raise GristmillError(f"two initial tasks share task_id {task.task_id!r}")
+        seen.add(task.task_id)
+    return tasks

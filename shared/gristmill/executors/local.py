@@ -1,0 +1,102 @@
+"""`LocalExecutor`: the in-process reference executor every other backend must agree with."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from gristmill.errors import GristmillError, StageError
+from gristmill.executors.base import BaseExecutor, StageTotals, prepare_initial_tasks
+from gristmill.stages import NodeInfo, ProcessingStage, WorkerMetadata, run_stage
+from gristmill.tasks import Task
+
+__all__ = ["LocalExecutor"]
+
+log = logging.getLogger(__name__)
+
+AnyStage = ProcessingStage[Any, Any]
+AnyTask = Task[Any]
+
+
+class LocalExecutor(BaseExecutor):
+    """Runs every stage in this process, one worker per stage.
+
+    Tasks stream depth-first: each batch goes through the remaining stages before the next is
+    read, so memory holds about one batch per stage rather than the whole dataset. Every stage is
+    set up (`setup_on_node`, then `setup`) before the first task and torn down after the last,
+    also when a stage fails. Outputs come back in a deterministic order. Per-step totals of the
+    last run are in `self.totals`, in step order. No config keys.
+    """
+
+    def execute(
+        self, stages: list[AnyStage], initial_tasks: list[AnyTask] | None = None
+    ) -> list[AnyTask]:
+        """Run `stages` in order over `initial_tasks` (default: one `EmptyTask`)."""
+        tasks = prepare_initial_tasks(initial_tasks)
+        self.totals = [StageTotals(stage.name) for stage in stages]
+        node = NodeInfo(node_id=socket.gethostname())
+        worker = WorkerMetadata(worker_id="local-0")
+        ready: list[AnyStage] = []
+        try:
+            for stage in stages:
+                _guard(stage, "setup_on_node", lambda s=stage: s.setup_on_node(node, worker))
+                _guard(stage, "setup", lambda s=stage: s.setup(worker))
+                ready.append(stage)
+            stream: Iterator[AnyTask] = iter(tasks)
+            for stage, totals in zip(stages, self.totals, strict=True):
+                stream = self._through(stage, stream, totals)
+            outputs = list(stream)
+        except BaseException:
+            _tear_down(ready, quiet=True)  # the original error is the one worth seeing
+            raise
+        _tear_down(ready)
+        return outputs
+
+    @classmethod
+    def _through(
+        cls, stage: AnyStage, upstream: Iterator[AnyTask], totals: StageTotals
+    ) -> Iterator[AnyTask]:
+        batch: list[AnyTask] = []
+        for task in upstream:
+            batch.append(task)
+            if len(batch) == stage.batch_size:
+                yield from cls._call(stage, batch, totals)
+                batch = []
+        if batch:
+            yield from cls._call(stage, batch, totals)
+
+    @staticmethod
+    def _call(stage: AnyStage, batch: list[AnyTask], totals: StageTotals) -> list[AnyTask]:
+        items_in = sum(t.num_items for t in batch)  # before the stage may change the tasks
+        started = time.perf_counter()
+        outputs = run_stage(stage, batch)
+        totals.add_call(len(batch), items_in, outputs, time.perf_counter() - started)
+        return outputs
+
+
+def _guard(stage: AnyStage, phase: str, call: Any) -> None:
+    try:
+        call()
+    except GristmillError:
+        raise
+    except Exception as exc:
+        raise StageError(stage.name, exc, phase=phase) from exc
+
+
+def _tear_down(stages: list[AnyStage], quiet: bool = False) -> None:
+    """Tear down in reverse order; every stage gets its turn even if an earlier one fails.
+    The first failure is raised afterwards unless `quiet` (then failures are only logged)."""
+    failure: StageError | None = None
+    for stage in reversed(stages):
+        try:
+            stage.teardown()
+        except Exception as exc:
+            log.exception("stage %s: teardown failed", stage.name)
+            if failure is None:
+                failure = StageError(stage.name, exc, phase="teardown")
+                failure.__cause__ = exc
+    if failure is not None and not quiet:
+        raise failure

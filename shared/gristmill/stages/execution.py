@@ -1,0 +1,220 @@
+"""Applying a stage to tasks: the one place every executor shares for what a stage call means.
+
+`run_stage` checks the declared inputs, calls `process` (per task) or an overridden
+`process_batch`, normalises what comes back, gives tasks without an id their derived id, carries
+lineage (dataset, metadata, perf) from parent to child, records `StagePerfStats`, and drops
+tasks that fail `validate()` (logged). Executors differ only in where and when they call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from gristmill.errors import GristmillError, StageError, TaskInputError
+from gristmill.stages.base import ProcessingStage
+from gristmill.tasks import StagePerfStats, Task, content_task_id, derive_task_id
+
+__all__ = ["FusedStage", "can_fuse", "is_map_style", "run_stage"]
+
+log = logging.getLogger(__name__)
+
+AnyStage = ProcessingStage[Any, Any]
+AnyTask = Task[Any]
+
+
+def is_map_style(stage: AnyStage) -> bool:
+    """True when the stage works task by task (it does not override `process_batch`)."""
+    return type(stage).process_batch is ProcessingStage.process_batch
+
+
+def run_stage(stage: AnyStage, tasks: list[AnyTask]) -> list[AnyTask]:
+    """Run `stage` on one batch of `tasks` (at most `stage.batch_size`) and return its outputs."""
+    if not tasks:
+        return []
+    if isinstance(stage, FusedStage):
+        return stage.run(tasks)
+    for task in tasks:
+        check_inputs(stage, task)
+    if is_map_style(stage):
+        outputs: list[AnyTask] = []
+        for task in tasks:
+            started = time.perf_counter()
+            children = _as_tasks(stage, _call(stage, [task], stage.process, task))
+            elapsed = time.perf_counter() - started
+            outputs.extend(_adopt(stage, [task], children, elapsed))
+        return outputs
+    started = time.perf_counter()
+    children = _as_tasks(stage, _call(stage, tasks, stage.process_batch, tasks))
+    elapsed = time.perf_counter() - started
+    if len(children) == len(tasks):  # one output per input: each inherits its own input's lineage
+        share = elapsed / len(tasks)
+        return [
+            out
+            for parent, child in zip(tasks, children, strict=True)
+            for out in _adopt(stage, [parent], [child], share)
+        ]
+    return _adopt(stage, tasks, children, elapsed)
+
+
+def check_inputs(stage: AnyStage, task: AnyTask) -> None:
+    """Raise `TaskInputError` when `task` lacks an attribute or column `stage` declares."""
+    attrs, columns = stage.inputs()
+    missing_attrs = [a for a in attrs if not hasattr(task, a)]
+    if missing_attrs:
+        raise TaskInputError(stage.name, task.task_id, "attribute", missing_attrs, [])
+    present = table_columns(task.data)
+    if columns and present is not None:
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise TaskInputError(stage.name, task.task_id, "column", missing, present)
+
+
+def table_columns(data: object) -> list[str] | None:
+    """The column names of tabular task data, or None when the data is not a table."""
+    if isinstance(data, pa.Table):
+        return list(data.column_names)
+    if isinstance(data, pd.DataFrame):
+        return [str(c) for c in data.columns]
+    return None
+
+
+def _call(stage: AnyStage, tasks: list[AnyTask], fn: Any, arg: Any) -> Any:
+    try:
+        return fn(arg)
+    except GristmillError:
+        raise
+    except Exception as exc:
+        raise StageError(stage.name, exc, [t.task_id for t in tasks]) from exc
+
+
+def _as_tasks(stage: AnyStage, result: object) -> list[AnyTask]:
+    if result is None:
+        return []
+    items: list[object] = result if isinstance(result, list) else [result]
+    tasks: list[AnyTask] = []
+    for item in items:
+        if not isinstance(item, Task):
+            raise GristmillError(
+                f"stage '{stage.name}' returned {type(item).__name__}; "
+                f"process must return a Task, a list of Tasks or None"
+            )
+        tasks.append(item)
+    return tasks
+
+
+def _adopt(
+    stage: AnyStage, parents: list[AnyTask], children: list[AnyTask], elapsed: float
+) -> list[AnyTask]:
+    """Give children ids, lineage and this call's perf stats; drop the invalid ones."""
+    single = parents[0] if len(parents) == 1 else None
+    parent_id = single.task_id if single else content_task_id(*(p.task_id for p in parents))
+    items_in = sum(p.num_items for p in parents)
+    seen: set[str] = set()
+    kept: list[AnyTask] = []
+    for index, child in enumerate(children):
+        if not child.task_id:
+            child.task_id = derive_task_id(parent_id, stage.name, index)
+        if child.task_id in seen:
+            raise GristmillError(
+                f"stage '{stage.name}' returned two tasks with task_id {child.task_id!r}; "
+                f"give each output its own id, or leave task_id empty to have one derived"
+            )
+        seen.add(child.task_id)
+        if single is not None and child is not single:
+            child.dataset_name = child.dataset_name or single.dataset_name
+            if not child._metadata:
+                child._metadata = dict(single._metadata)
+            if not child._stage_perf:
+                child._stage_perf = list(single._stage_perf)
+        child.add_stage_perf(
+            StagePerfStats(
+                stage_name=stage.name,
+                wall_time_s=elapsed,
+                items_in=items_in,
+                items_out=child.num_items,
+                tasks_in=len(parents),
+            )
+        )
+        if child.validate():
+            kept.append(child)
+        else:  # an empty batch loses nothing; a non-empty invalid one deserves a warning
+            level = logging.WARNING if child.num_items else logging.DEBUG
+            log.log(level, "stage %s: dropping invalid task %s", stage.name, child.task_id)
+    return kept
+
+
+def can_fuse(first: AnyStage, second: AnyStage) -> bool:
+    """Whether two adjacent stages may run as one step without changing any output.
+
+    Both must work task by task with `batch_size` 1, need nothing set up per node, and ask for
+    the same resources (so one worker fits both).
+    """
+    return (
+        all(
+            is_map_style(s)
+            and s.batch_size == 1
+            and type(s).setup_on_node is ProcessingStage.setup_on_node
+            and not isinstance(s, FusedStage)
+            for s in (first, second)
+        )
+        and first.resources == second.resources
+    )
+
+
+class FusedStage(ProcessingStage[Any, Any]):
+    """Several stages run back to back in one worker: one physical step of a plan.
+
+    Each member keeps its own name in ids and perf stats, so a fused run's outputs are identical
+    to the unfused run's.
+    """
+
+    def __init__(self, members: list[AnyStage]):
+        if len(members) < 2:
+            raise ValueError("a FusedStage needs at least two members")
+        self.members = list(members)
+        self.name = "+".join(m.name for m in members)
+        self.resources = members[0].resources
+        self.batch_size = 1
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        """What the first member reads."""
+        return self.members[0].inputs()
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        """Everything any member writes."""
+        attrs: list[str] = []
+        columns: list[str] = []
+        for member in self.members:
+            member_attrs, member_columns = member.outputs()
+            attrs += [a for a in member_attrs if a not in attrs]
+            columns += [c for c in member_columns if c not in columns]
+        return attrs, columns
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        """Set up every member, in order."""
+        for member in self.members:
+            member.setup(worker_metadata)
+
+    def teardown(self) -> None:
+        """Tear down every member, last first."""
+        for member in reversed(self.members):
+            member.teardown()
+
+    def process(self, task: Any) -> list[Any]:
+        """Pass one task through every member."""
+        return self.run([task])
+
+    def run(self, tasks: list[AnyTask]) -> list[AnyTask]:
+        """Pass tasks through every member, each with the same semantics as run unfused."""
+        for member in self.members:
+            tasks = run_stage(member, tasks)
+        return tasks
+
+    def get_params(self) -> dict[str, Any]:
+        """Fused stages exist only in plans, never in specs."""
+        raise TypeError("a FusedStage belongs to a physical plan; specs name its members")

@@ -1,0 +1,23 @@
+"""Tasks: the batches of data that flow between stages.
+
+`Task` is the base; `DocumentBatch`, `FileGroupTask` and `EmptyTask` are the built-in kinds. Every
+task round-trips through `to_bytes()` / `Task.from_bytes()` (JSON header + Arrow IPC, no pickle).
+"""
+
+from gristmill.tasks.base import Task
+from gristmill.tasks.document import DocumentBatch
+from gristmill.tasks.empty import EmptyTask
+from gristmill.tasks.file_group import FileGroupTask
+from gristmill.tasks.ids import ROOT_TASK_ID, content_task_id, derive_task_id
+from gristmill.tasks.perf import StagePerfStats
+
+__all__ = [
+    "ROOT_TASK_ID",
+    "DocumentBatch",
+    "EmptyTask",
+    "FileGroupTask",
+    "StagePerfStats",
+    "Task",
+    "content_task_id",
+    "derive_task_id",
+]

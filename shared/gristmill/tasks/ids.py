@@ -1,0 +1,35 @@
+"""Deterministic task ids: the same input always yields the same ids, in every process and run.
+
+Ids are what make re-running work harmless (an output named after its task id is overwritten, not
+duplicated), so they depend only on content and lineage, never on time, randomness or hash seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+__all__ = ["ROOT_TASK_ID", "content_task_id", "derive_task_id"]
+
+# The id of the EmptyTask that starts a pipeline when no initial tasks are given.
+ROOT_TASK_ID = "root"
+
+_ID_HEX_CHARS = 32  # 128 bits: collisions are not a practical concern at any corpus size
+
+
+def _digest(parts: list[object]) -> str:
+    # JSON keeps the encoding unambiguous: ("a", "bc") and ("ab", "c") hash differently.
+    encoded = json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:_ID_HEX_CHARS]
+
+
+def derive_task_id(parent_id: str, stage_name: str, index: int) -> str:
+    """The id of the `index`-th task that stage `stage_name` made from task `parent_id`."""
+    if index < 0:
+        raise ValueError(f"output index must be >= 0, got {index}")
+    return _digest(["derived", parent_id, stage_name, index])
+
+
+def content_task_id(*parts: str) -> str:
+    """The id of a source task, from what it is made of (e.g. its sorted input file paths)."""
+    return _digest(["content", *parts])

@@ -1,0 +1,33 @@
+"""Per-stage measurements that travel with a task."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["StagePerfStats"]
+
+
+@dataclass
+class StagePerfStats:
+    """What one stage call did to produce a task.
+
+    A call may take several tasks (a batch) and make several (fan-out); siblings then share the
+    call's figures, so sum `wall_time_s` over distinct calls, not over output tasks.
+    """
+
+    stage_name: str
+    wall_time_s: float = 0.0
+    items_in: int = 0
+    items_out: int = 0
+    tasks_in: int = 1
+    custom_metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of the fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StagePerfStats:
+        """The inverse of `to_dict`."""
+        return cls(**raw)
