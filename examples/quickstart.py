@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import pandas as pd
+
 from gristmill import (
     EmptyTask,
     LocalExecutor,
