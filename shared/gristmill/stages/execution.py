@@ -40,25 +40,36 @@ def run_stage(stage: AnyStage, tasks: list[AnyTask]) -> list[AnyTask]:
         return stage.run(tasks)
     for task in tasks:
         check_inputs(stage, task)
+    outputs: list[AnyTask] = []
     if is_map_style(stage):
-        outputs: list[AnyTask] = []
         for task in tasks:
             started = time.perf_counter()
             children = _as_tasks(stage, _call(stage, [task], stage.process, task))
             elapsed = time.perf_counter() - started
             outputs.extend(_adopt(stage, [task], children, elapsed))
-        return outputs
-    started = time.perf_counter()
-    children = _as_tasks(stage, _call(stage, tasks, stage.process_batch, tasks))
-    elapsed = time.perf_counter() - started
-    if len(children) == len(tasks):  # one output per input: each inherits its own input's lineage
-        share = elapsed / len(tasks)
-        return [
-            out
-            for parent, child in zip(tasks, children, strict=True)
-            for out in _adopt(stage, [parent], [child], share)
-        ]
-    return _adopt(stage, tasks, children, elapsed)
+    else:
+        started = time.perf_counter()
+        children = _as_tasks(stage, _call(stage, tasks, stage.process_batch, tasks))
+        elapsed = time.perf_counter() - started
+        if len(children) == len(tasks):  # one output per input: each keeps its input's lineage
+            share = elapsed / len(tasks)
+            for parent, child in zip(tasks, children, strict=True):
+                outputs.extend(_adopt(stage, [parent], [child], share))
+        else:
+            outputs.extend(_adopt(stage, tasks, children, elapsed))
+    _check_unique_ids(stage, outputs)
+    return outputs
+
+
+def _check_unique_ids(stage: AnyStage, outputs: list[AnyTask]) -> None:
+    seen: set[str] = set()
+    for task in outputs:
+        if task.task_id in seen:
+            raise GristmillError(
+                f"stage '{stage.name}' returned two tasks with task_id {task.task_id!r}; "
+                f"give each output its own id, or leave task_id empty to have one derived"
+            )
+        seen.add(task.task_id)
 
 
 def check_inputs(stage: AnyStage, task: AnyTask) -> None:
@@ -114,23 +125,17 @@ def _adopt(
     single = parents[0] if len(parents) == 1 else None
     parent_id = single.task_id if single else content_task_id(*(p.task_id for p in parents))
     items_in = sum(p.num_items for p in parents)
-    seen: set[str] = set()
     kept: list[AnyTask] = []
     for index, child in enumerate(children):
         if not child.task_id:
             child.task_id = derive_task_id(parent_id, stage.name, index)
-        if child.task_id in seen:
-            raise GristmillError(
-                f"stage '{stage.name}' returned two tasks with task_id {child.task_id!r}; "
-                f"give each output its own id, or leave task_id empty to have one derived"
-            )
-        seen.add(child.task_id)
-        if single is not None and child is not single:
-            child.dataset_name = child.dataset_name or single.dataset_name
-            if not child._metadata:
-                child._metadata = dict(single._metadata)
-            if not child._stage_perf:
-                child._stage_perf = list(single._stage_perf)
+        if child is not single:
+            # Always fresh containers: a child built with dataclasses.replace(parent) shares
+            # the parent's, and siblings must not append to one another's history.
+            inherited = single or child
+            child.dataset_name = child.dataset_name or inherited.dataset_name
+            child._metadata = dict(child._metadata or inherited._metadata)
+            child._stage_perf = list(child._stage_perf or inherited._stage_perf)
         child.add_stage_perf(
             StagePerfStats(
                 stage_name=stage.name,

@@ -31,12 +31,17 @@ _BASE_FIELDS = {"task_id", "dataset_name", "data", "_stage_perf", "_metadata"}
 
 
 def _json_safe(value: Any, what: str, cls_name: str) -> Any:
+    """`value` if JSON carries it unchanged; otherwise a `TaskSerializationError` naming it."""
     try:
-        json.dumps(value, allow_nan=False)
+        same = json.loads(json.dumps(value, allow_nan=False)) == value
     except (TypeError, ValueError) as exc:
         raise TaskSerializationError(
             f"{cls_name}: {what} is not JSON-serialisable ({exc})"
         ) from exc
+    if not same:  # e.g. non-string keys or tuples, which JSON would silently turn into others
+        raise TaskSerializationError(
+            f"{cls_name}: {what} would change in JSON (use string keys and lists, not tuples)"
+        )
     return value
 
 
@@ -73,7 +78,7 @@ def encode_task(task: Task[Any]) -> bytes:
         "data_kind": kind,
         "data": json_data,
         "fields": extra,
-        "stage_perf": [p.to_dict() for p in task._stage_perf],
+        "stage_perf": _json_safe([p.to_dict() for p in task._stage_perf], "_stage_perf", cls_name),
         "metadata": _json_safe(task._metadata, "_metadata", cls_name),
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
