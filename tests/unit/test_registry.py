@@ -118,3 +118,54 @@ def test_registering_a_non_stage_is_refused(thing):
         register_stage(thing, name="test_non_stage")
     assert str(err.value) == f"{thing!r} is not a ProcessingStage subclass"
     assert "test_non_stage" not in registered_stage_names()
+
+
+PLUGIN_MODULE = """
+from gristmill import ProcessingStage
+
+
+class PluginStage(ProcessingStage):
+    def __init__(self, threshold: int = 1):
+        self.threshold = threshold
+
+    def process(self, task):
+        return task
+"""
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A distribution on sys.path whose entry points name one good and one broken stage."""
+    (tmp_path / "gm_test_plugin.py").write_text(PLUGIN_MODULE)
+    info = tmp_path / "gm_test_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gm-test-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[gristmill.stages]\n"
+        "PluginStage = gm_test_plugin:PluginStage\n"
+        "BrokenPluginStage = gm_test_plugin_missing:Nothing\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "gm_test_plugin"
+
+
+def test_entry_point_stages_are_listed_without_loading_and_loaded_by_name(
+    installed_plugin: str,
+) -> None:
+    import sys
+
+    names = registered_stage_names()
+    assert {"PluginStage", "BrokenPluginStage"} <= set(names)
+    assert installed_plugin not in sys.modules  # listing did not import it
+    cls = get_stage_class("PluginStage")
+    assert path(cls) == "gm_test_plugin:PluginStage"
+    assert stage_registry_name(cls) == "PluginStage"
+
+
+def test_a_broken_entry_point_is_named_when_a_spec_uses_it(installed_plugin: str) -> None:
+    with pytest.raises(StageRegistryError) as caught:
+        get_stage_class("BrokenPluginStage")
+    assert str(caught.value).startswith(
+        "stage 'BrokenPluginStage': cannot load entry point gm_test_plugin_missing:Nothing: "
+        "No module named 'gm_test_plugin_missing'"
+    )
