@@ -6,6 +6,7 @@ Messages name what the user can act on: the stage, the column, the file, the par
 from __future__ import annotations
 
 __all__ = [
+    "DataFormatError",
     "GristmillError",
     "MissingInputError",
     "PipelineBuildError",
@@ -91,6 +92,10 @@ class TaskInputError(GristmillError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise print the message in quotes
         return str(self.args[0])
+
+
+class DataFormatError(GristmillError, ValueError):
+    """Input data that cannot be read as promised; the message names the stage, file and line."""
 
 
 class StageRegistryError(GristmillError):

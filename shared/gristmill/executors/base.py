@@ -8,7 +8,7 @@ from typing import Any
 
 from gristmill.errors import GristmillError
 from gristmill.stages import ProcessingStage
-from gristmill.tasks import EmptyTask, Task, content_task_id
+from gristmill.tasks import EmptyTask, Task, content_task_id, drop_count
 
 __all__ = ["BaseExecutor", "StageTotals", "prepare_initial_tasks"]
 
@@ -53,17 +53,25 @@ class StageTotals:
     tasks_out: int = 0
     items_in: int = 0
     items_out: int = 0
+    items_dropped: int = 0
     wall_time_s: float = 0.0
 
     def add_call(
-        self, tasks_in: int, items_in: int, outputs: list[AnyTask], wall_time_s: float
+        self,
+        inputs: list[AnyTask],
+        outputs: list[AnyTask],
+        wall_time_s: float,
+        items_in: int,
+        drops_in: int,
     ) -> None:
-        """Count one call of the stage."""
+        """Count one call; `items_in` and `drops_in` are read before the call (it may change its
+        inputs in place)."""
         self.calls += 1
-        self.tasks_in += tasks_in
+        self.tasks_in += len(inputs)
         self.tasks_out += len(outputs)
         self.items_in += items_in
         self.items_out += sum(t.num_items for t in outputs)
+        self.items_dropped += sum(drop_count(t) for t in outputs) - drops_in
         self.wall_time_s += wall_time_s
 
 

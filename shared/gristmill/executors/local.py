@@ -11,7 +11,7 @@ from typing import Any
 from gristmill.errors import GristmillError, StageError
 from gristmill.executors.base import BaseExecutor, StageTotals, prepare_initial_tasks
 from gristmill.stages import NodeInfo, ProcessingStage, WorkerMetadata, run_stage
-from gristmill.tasks import Task
+from gristmill.tasks import Task, drop_count
 
 __all__ = ["LocalExecutor"]
 
@@ -71,9 +71,10 @@ class LocalExecutor(BaseExecutor):
     @staticmethod
     def _call(stage: AnyStage, batch: list[AnyTask], totals: StageTotals) -> list[AnyTask]:
         items_in = sum(t.num_items for t in batch)  # before the stage may change the tasks
+        drops_in = sum(drop_count(t) for t in batch)
         started = time.perf_counter()
         outputs = run_stage(stage, batch)
-        totals.add_call(len(batch), items_in, outputs, time.perf_counter() - started)
+        totals.add_call(batch, outputs, time.perf_counter() - started, items_in, drops_in)
         return outputs
 
 

@@ -3,7 +3,10 @@
 `run_stage` checks the declared inputs, calls `process` (per task) or an overridden
 `process_batch`, normalises what comes back, gives tasks without an id their derived id, carries
 lineage (dataset, metadata, perf) from parent to child, records `StagePerfStats`, and drops
-tasks that fail `validate()` (logged). Executors differ only in where and when they call it.
+tasks that fail `validate()` (logged) unless they carry drop records, which must reach a
+writer. Drop records (`gristmill.tasks.drops`) move to the first child of a fan-out, so each
+is persisted once.
+Executors differ only in where and when they call it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import pyarrow as pa
 
 from gristmill.errors import GristmillError, StageError, TaskInputError
 from gristmill.stages.base import ProcessingStage
-from gristmill.tasks import StagePerfStats, Task, content_task_id, derive_task_id
+from gristmill.tasks import (
+    DROPS_KEY,
+    StagePerfStats,
+    Task,
+    content_task_id,
+    derive_task_id,
+    drop_count,
+)
 
 __all__ = ["FusedStage", "can_fuse", "is_map_style", "run_stage"]
 
@@ -43,20 +53,22 @@ def run_stage(stage: AnyStage, tasks: list[AnyTask]) -> list[AnyTask]:
     outputs: list[AnyTask] = []
     if is_map_style(stage):
         for task in tasks:
+            before = drop_count(task)
             started = time.perf_counter()
             children = _as_tasks(stage, _call(stage, [task], stage.process, task))
             elapsed = time.perf_counter() - started
-            outputs.extend(_adopt(stage, [task], children, elapsed))
+            outputs.extend(_adopt(stage, [task], children, elapsed, before))
     else:
+        befores = [drop_count(t) for t in tasks]
         started = time.perf_counter()
         children = _as_tasks(stage, _call(stage, tasks, stage.process_batch, tasks))
         elapsed = time.perf_counter() - started
         if len(children) == len(tasks):  # one output per input: each keeps its input's lineage
             share = elapsed / len(tasks)
-            for parent, child in zip(tasks, children, strict=True):
-                outputs.extend(_adopt(stage, [parent], [child], share))
+            for parent, child, before in zip(tasks, children, befores, strict=True):
+                outputs.extend(_adopt(stage, [parent], [child], share, before))
         else:
-            outputs.extend(_adopt(stage, tasks, children, elapsed))
+            outputs.extend(_adopt(stage, tasks, children, elapsed, sum(befores)))
     _check_unique_ids(stage, outputs)
     return outputs
 
@@ -119,13 +131,17 @@ def _as_tasks(stage: AnyStage, result: object) -> list[AnyTask]:
 
 
 def _adopt(
-    stage: AnyStage, parents: list[AnyTask], children: list[AnyTask], elapsed: float
+    stage: AnyStage,
+    parents: list[AnyTask],
+    children: list[AnyTask],
+    elapsed: float,
+    drops_before: int,
 ) -> list[AnyTask]:
     """Give children ids, lineage and this call's perf stats; drop the invalid ones."""
     single = parents[0] if len(parents) == 1 else None
     parent_id = single.task_id if single else content_task_id(*(p.task_id for p in parents))
     items_in = sum(p.num_items for p in parents)
-    kept: list[AnyTask] = []
+    inherited_drops = [g for p in parents for g in p._metadata.get(DROPS_KEY, ())]
     for index, child in enumerate(children):
         if not child.task_id:
             child.task_id = derive_task_id(parent_id, stage.name, index)
@@ -136,21 +152,45 @@ def _adopt(
             child.dataset_name = child.dataset_name or inherited.dataset_name
             child._metadata = dict(child._metadata or inherited._metadata)
             child._stage_perf = list(child._stage_perf or inherited._stage_perf)
+        _settle_drops(child, inherited_drops if index == 0 else [], inherited_drops)
+    if not children and inherited_drops:
+        log.warning(
+            "stage %s returned nothing for task %s: the drop records of %d documents are lost",
+            stage.name,
+            parent_id,
+            sum(len(g["ids"]) for g in inherited_drops),
+        )
+    dropped = sum(drop_count(c) for c in children) - drops_before
+    kept: list[AnyTask] = []
+    for child in children:
         child.add_stage_perf(
             StagePerfStats(
                 stage_name=stage.name,
                 wall_time_s=elapsed,
                 items_in=items_in,
                 items_out=child.num_items,
+                items_dropped=dropped,
                 tasks_in=len(parents),
             )
         )
-        if child.validate():
-            kept.append(child)
+        if child.validate() or drop_count(child):
+            kept.append(child)  # an invalid task that explains drops travels on to a writer
         else:  # an empty batch loses nothing; a non-empty invalid one deserves a warning
             level = logging.WARNING if child.num_items else logging.DEBUG
             log.log(level, "stage %s: dropping invalid task %s", stage.name, child.task_id)
     return kept
+
+
+def _settle_drops(child: AnyTask, carried: list[Any], inherited: list[Any]) -> None:
+    """Give `child` the drop records it carries on: `carried` (the parents' records, which go to
+    the first child only) plus the ones this call recorded on it."""
+    known = {id(group) for group in inherited}
+    own = [g for g in child._metadata.get(DROPS_KEY, ()) if id(g) not in known]
+    groups = carried + own
+    if groups:
+        child._metadata[DROPS_KEY] = groups
+    else:
+        child._metadata.pop(DROPS_KEY, None)
 
 
 def can_fuse(first: AnyStage, second: AnyStage) -> bool:

@@ -6,12 +6,14 @@ task round-trips through `to_bytes()` / `Task.from_bytes()` (JSON header + Arrow
 
 from gristmill.tasks.base import Task
 from gristmill.tasks.document import DocumentBatch
+from gristmill.tasks.drops import DROPS_KEY, drop_count, drop_groups, iter_drops, record_drops
 from gristmill.tasks.empty import EmptyTask
 from gristmill.tasks.file_group import FileGroupTask
 from gristmill.tasks.ids import ROOT_TASK_ID, content_task_id, derive_task_id
 from gristmill.tasks.perf import StagePerfStats
 
 __all__ = [
+    "DROPS_KEY",
     "ROOT_TASK_ID",
     "DocumentBatch",
     "EmptyTask",
@@ -20,4 +22,8 @@ __all__ = [
     "Task",
     "content_task_id",
     "derive_task_id",
+    "drop_count",
+    "drop_groups",
+    "iter_drops",
+    "record_drops",
 ]

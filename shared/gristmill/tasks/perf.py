@@ -14,12 +14,14 @@ class StagePerfStats:
 
     A call may take several tasks (a batch) and make several (fan-out); siblings then share the
     call's figures, so sum `wall_time_s` over distinct calls, not over output tasks.
+    `items_dropped` counts the documents the call recorded as dropped (see `tasks.drops`).
     """
 
     stage_name: str
     wall_time_s: float = 0.0
     items_in: int = 0
     items_out: int = 0
+    items_dropped: int = 0
     tasks_in: int = 1
     custom_metrics: dict[str, float] = field(default_factory=dict)
 

@@ -1,0 +1,105 @@
+"""Files over fsspec: expanding user paths into files, and writing files atomically.
+
+Local paths and any fsspec URL (`s3://`, `memory://`, ...) work alike. Nothing here knows about
+tasks or stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import IO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from gristmill.errors import GristmillError
+
+__all__ = ["atomic_write", "exists", "expand_paths", "file_size", "join", "read_bytes"]
+
+_GLOB_CHARS = set("*?[")
+
+
+def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, stripped = fsspec.core.url_to_fs(path)
+    return fs, stripped
+
+
+def _name(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The path as users see it: plain for local files, with its protocol otherwise."""
+    if isinstance(fs, LocalFileSystem):
+        return str(path)
+    return str(fs.unstrip_protocol(path))
+
+
+def expand_paths(paths: str | Iterable[str], extensions: Iterable[str], what: str) -> list[str]:
+    """Every file named by `paths` (files, directories searched recursively, globs), sorted.
+
+    Directory and glob matches keep only names ending in one of `extensions`; a file named
+    explicitly is taken whatever its name. A path that matches nothing is an error naming it.
+    """
+    endings = tuple(extensions)
+    found: set[str] = set()
+    for raw in [paths] if isinstance(paths, str) else list(paths):
+        fs, path = _fs(str(raw))
+        if _GLOB_CHARS & set(path):
+            matches = [p for p in fs.glob(path) if fs.isfile(p)]
+            matches = [p for p in matches if p.endswith(endings)]
+        elif fs.isdir(path):
+            matches = [p for p in fs.find(path) if p.endswith(endings)]
+        elif fs.isfile(path):
+            matches = [path]
+        else:
+            raise GristmillError(f"{what}: no such file or directory: {raw}")
+        if not matches:
+            raise GristmillError(f"{what}: no files ending in {', '.join(endings)} under {raw}")
+        found.update(_name(fs, p) for p in matches)
+    return sorted(found)
+
+
+def file_size(path: str) -> int:
+    """The size of a file in bytes."""
+    fs, stripped = _fs(path)
+    return int(fs.size(stripped))
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole content of a file."""
+    fs, stripped = _fs(path)
+    data: bytes = fs.cat_file(stripped)
+    return data
+
+
+def join(directory: str, name: str) -> str:
+    """`directory/name` for local paths and URLs alike."""
+    return directory.rstrip("/") + "/" + name
+
+
+def exists(path: str) -> bool:
+    """Whether a file exists at `path`."""
+    fs, stripped = _fs(path)
+    return bool(fs.exists(stripped))
+
+
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[IO[bytes]]:
+    """Open `path` for writing so that readers see the old file or the whole new one, never a
+    part: write a temporary sibling, then rename it over `path` (object stores publish a whole
+    object on close anyway). The temporary file is removed if writing fails."""
+    fs, target = _fs(path)
+    parent = target.rsplit("/", 1)[0] if "/" in target else "."
+    fs.makedirs(parent, exist_ok=True)
+    temporary = f"{parent}/.{target.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+    try:
+        with fs.open(temporary, "wb") as handle:
+            yield handle
+        if isinstance(fs, LocalFileSystem):
+            os.replace(temporary, target)
+        else:
+            fs.mv(temporary, target)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(temporary)
+        raise

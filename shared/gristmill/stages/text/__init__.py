@@ -1,0 +1,1 @@
+"""Text curation stages: io (readers, writers, ids), filters, modifiers, presets."""
