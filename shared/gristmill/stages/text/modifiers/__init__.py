@@ -1,0 +1,1 @@
+"""Document modifiers and the Modify stage."""
