@@ -1,1 +1,1 @@
-"""Deduplication."""
+"""Deduplication stages; the workflows that drive them are in `gristmill.workflows`."""

@@ -9,21 +9,18 @@ threads.
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from gristmill.errors import SpecError, UnknownStageError
+from gristmill.stages.text.components import Component, ComponentRegistry
 
-__all__ = ["DocumentFilter", "filter_from_spec", "filter_to_spec"]
-
-_FILTERS: dict[str, type[DocumentFilter]] = {}
+__all__ = ["FILTERS", "DocumentFilter"]
 
 
-class DocumentFilter(ABC):
+class DocumentFilter(Component, ABC):
     """Decides, document by document, what a `ScoreFilter` keeps.
 
     `name` (the stage name a `ScoreFilter` takes) defaults to the class name; NeMo Curator's
@@ -35,8 +32,7 @@ class DocumentFilter(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not inspect.isabstract(cls):
-            _FILTERS[cls.__name__] = cls
+        FILTERS.add(cls)
 
     @property
     def name(self) -> str:
@@ -59,35 +55,5 @@ class DocumentFilter(ABC):
         """Keep decisions for a column of scores (default: `keep_document` on each)."""
         return np.fromiter((self.keep_document(s) for s in scores), bool, len(scores))
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this filter."""
-        names = [p for p in inspect.signature(type(self)).parameters if p not in ("args", "kwargs")]
-        return {n: getattr(self, n) for n in names}
 
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
-
-
-def filter_to_spec(filter_obj: DocumentFilter) -> dict[str, Any]:
-    """A filter as spec data: `{"filter": class name, "params": {...}}`."""
-    return {"filter": type(filter_obj).__name__, "params": filter_obj.get_params()}
-
-
-def filter_from_spec(spec: DocumentFilter | dict[str, Any]) -> DocumentFilter:
-    """A filter from `filter_to_spec`'s form (or the filter itself)."""
-    if isinstance(spec, DocumentFilter):
-        return spec
-    if not isinstance(spec, dict) or "filter" not in spec:
-        raise SpecError(f"a filter spec is a mapping with 'filter' and 'params', got {spec!r}")
-    unknown = set(spec) - {"filter", "params"}
-    if unknown:
-        raise SpecError(f"a filter spec has 'filter' and 'params' only, not {sorted(unknown)}")
-    cls = _FILTERS.get(spec["filter"])
-    if cls is None:
-        known = ", ".join(sorted(_FILTERS))
-        raise UnknownStageError(f"unknown filter '{spec['filter']}' (known filters: {known})")
-    try:
-        return cls(**spec.get("params", {}))
-    except TypeError as exc:
-        raise SpecError(f"filter '{spec['filter']}': {exc}") from exc
+FILTERS = ComponentRegistry("filter", DocumentFilter)  # type: ignore[type-abstract]

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from gristmill.stages.base import ProcessingStage
-from gristmill.stages.text.filters.base import DocumentFilter, filter_from_spec, filter_to_spec
+from gristmill.stages.text.filters.base import FILTERS, DocumentFilter
 from gristmill.tasks import DocumentBatch, record_drops
 
 __all__ = ["Filter", "Score", "ScoreFilter"]
@@ -79,7 +79,7 @@ class ScoreFilter(ProcessingStage[DocumentBatch, DocumentBatch]):
         invert: bool = False,
         id_field: str = "id",
     ):
-        self.filter_obj = filter_from_spec(filter_obj)
+        self.filter_obj = FILTERS.from_spec(filter_obj)
         self.text_field = text_field
         self.score_field = score_field
         self.invert = invert
@@ -97,7 +97,7 @@ class ScoreFilter(ProcessingStage[DocumentBatch, DocumentBatch]):
     def get_params(self) -> dict[str, Any]:
         """As the constructor's, with the filter as spec data."""
         params = super().get_params()
-        params["filter_obj"] = filter_to_spec(self.filter_obj)
+        params["filter_obj"] = FILTERS.to_spec(self.filter_obj)
         return params
 
     def process(self, task: DocumentBatch) -> DocumentBatch:
@@ -126,7 +126,7 @@ class Score(ProcessingStage[DocumentBatch, DocumentBatch]):
         score_field: str,
         text_field: str = "text",
     ):
-        self.score_fn = filter_from_spec(score_fn) if isinstance(score_fn, dict) else score_fn
+        self.score_fn = FILTERS.from_spec(score_fn) if isinstance(score_fn, dict) else score_fn
         self.score_field = score_field
         self.text_field = text_field
         fn = self.score_fn
@@ -146,7 +146,7 @@ class Score(ProcessingStage[DocumentBatch, DocumentBatch]):
         """As the constructor's, with a filter as spec data (functions cannot be in specs)."""
         params = super().get_params()
         if isinstance(self.score_fn, DocumentFilter):
-            params["score_fn"] = filter_to_spec(self.score_fn)
+            params["score_fn"] = FILTERS.to_spec(self.score_fn)
         return params
 
     def process(self, task: DocumentBatch) -> DocumentBatch:
@@ -171,7 +171,7 @@ class Filter(ProcessingStage[DocumentBatch, DocumentBatch]):
         invert: bool = False,
         id_field: str = "id",
     ):
-        self.filter_fn = filter_from_spec(filter_fn) if isinstance(filter_fn, dict) else filter_fn
+        self.filter_fn = FILTERS.from_spec(filter_fn) if isinstance(filter_fn, dict) else filter_fn
         self.filter_field = filter_field
         self.invert = invert
         self.id_field = id_field
@@ -188,7 +188,7 @@ class Filter(ProcessingStage[DocumentBatch, DocumentBatch]):
         """As the constructor's, with a filter as spec data (functions cannot be in specs)."""
         params = super().get_params()
         if isinstance(self.filter_fn, DocumentFilter):
-            params["filter_fn"] = filter_to_spec(self.filter_fn)
+            params["filter_fn"] = FILTERS.to_spec(self.filter_fn)
         return params
 
     def process(self, task: DocumentBatch) -> DocumentBatch:
