@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from gristmill import __version__
+from gristmill import __version__, fs
 from gristmill.errors import GristmillError
 from gristmill.pipeline import Pipeline
 from gristmill.stages import registered_stage_names
@@ -23,11 +24,33 @@ def _parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="check a pipeline spec and print its plan")
     describe.add_argument("spec", help="path of a pipeline spec (YAML)")
     describe.add_argument("--no-fuse", action="store_true", help="show the plan without fusion")
+    why = commands.add_parser("why", help="say which stage dropped a document, and why")
+    why.add_argument("doc_id", help="the document's id (as in its id column, or FILE:LINE)")
+    why.add_argument("--drops", required=True, help="a writer's drops_path (directory or URL)")
     return parser
 
 
+def _why(doc_id: str, drops_path: str) -> int:
+    found = False
+    for path in fs.expand_paths(drops_path, [".jsonl"], "gristmill why"):
+        for line in fs.read_bytes(path).decode().splitlines():
+            record = json.loads(line)
+            if record["id"] != doc_id:
+                continue
+            found = True
+            detail = [f"score {record['score']}"] if "score" in record else []
+            if "threshold" in record:
+                detail.append(f"threshold {json.dumps(record['threshold'])}")
+            extra = f" ({', '.join(detail)})" if detail else ""
+            print(f"{doc_id}: dropped by stage '{record['stage']}': {record['reason']}{extra}")
+    if not found:
+        print(f"{doc_id}: no drop record under {drops_path}")
+    return 0 if found else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 for a user error gristmill can explain)."""
+    """Run the CLI; returns the exit status (2 for a user error gristmill can explain; `why`
+    returns 1 when it finds no record)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "stages":
@@ -36,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "describe":
             pipeline = Pipeline.from_spec(args.spec)
             print(pipeline.build(fuse=not args.no_fuse).describe())
+        elif args.command == "why":
+            return _why(args.doc_id, args.drops)
     except GristmillError as exc:
         print(f"gristmill: error: {exc}", file=sys.stderr)
         return 2

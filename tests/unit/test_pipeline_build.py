@@ -100,3 +100,14 @@ def test_describe_shows_steps_resources_and_columns() -> None:
         "    KeepLong   reads: length               writes: -",
         "  a toy",
     ]
+
+
+def test_after_a_stage_that_may_write_any_column_columns_are_not_checked() -> None:
+    from gristmill.stages.text.io import JsonlReaderStage
+
+    reader = JsonlReaderStage()  # no `fields`: it passes on whatever the files hold
+    assert reader.outputs() == ([], ["text", "*"])
+    plan = Pipeline("p", [reader, KeepLong()]).build(fuse=False)
+    assert [s.name for s in plan.stages] == ["jsonl_reader", "KeepLong"]
+    with pytest.raises(MissingInputError):
+        Pipeline("p", [JsonlReaderStage(fields=["text"]), KeepLong()]).build()

@@ -13,9 +13,12 @@ from typing import Any
 from gristmill.errors import MissingInputError, PipelineBuildError
 from gristmill.stages import CompositeStage, FusedStage, ProcessingStage, can_fuse
 
-__all__ = ["PhysicalPlan", "PlanStep", "build_plan", "check_input_chain", "decompose"]
+__all__ = ["ANY_COLUMN", "PhysicalPlan", "PlanStep", "build_plan", "check_input_chain", "decompose"]
 
 AnyStage = ProcessingStage[Any, Any]
+
+# In a stage's outputs(): "this stage may write columns it cannot name in advance".
+ANY_COLUMN = "*"
 
 # Attributes every task has, so no stage needs another to produce them.
 _TASK_ATTRIBUTES = {"task_id", "dataset_name", "data"}
@@ -100,10 +103,13 @@ def decompose(stages: Iterable[object]) -> list[AnyStage]:
 def check_input_chain(stages: list[AnyStage]) -> None:
     """Raise `MissingInputError` for the first stage that reads what nothing before it writes.
 
-    The first stage's inputs come from the initial tasks, so they count as available.
+    The first stage's inputs come from the initial tasks, so they count as available. A stage
+    whose outputs include `ANY_COLUMN` ("*", e.g. a reader without `fields`) may produce any
+    column, so columns are not checked after it.
     """
     attrs: set[str] = set(_TASK_ATTRIBUTES)
     columns: set[str] = set()
+    any_column = False
     for position, stage in enumerate(stages, start=1):
         needed_attrs, needed_columns = stage.inputs()
         if position == 1:
@@ -113,13 +119,14 @@ def check_input_chain(stages: list[AnyStage]) -> None:
         if missing_attrs:
             raise MissingInputError(stage.name, position, "attribute", missing_attrs, sorted(attrs))
         missing_columns = [c for c in needed_columns if c not in columns]
-        if missing_columns:
+        if missing_columns and not any_column:
             raise MissingInputError(
                 stage.name, position, "column", missing_columns, sorted(columns)
             )
         made_attrs, made_columns = stage.outputs()
         attrs.update(made_attrs)
         columns.update(made_columns)
+        any_column = any_column or ANY_COLUMN in made_columns
 
 
 def build_plan(name: str, stages: Iterable[object], fuse: bool = True) -> PhysicalPlan:

@@ -7,6 +7,7 @@ Specs and messages carry only these names, never import strings.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, overload
@@ -94,12 +95,18 @@ def stage_registry_name(cls: type) -> str:
         return _BY_CLASS[cls]
     path = _path(cls)
     for name, points in _entry_points().items():
-        if any(p.value == path for p in points):
+        if any(p.value == path or _already_loaded(p) is cls for p in points):
             return name
     raise StageRegistryError(
         f"stage class {path} is not registered, so a spec cannot name it; "
         f"decorate it with @register_stage or expose it in the '{ENTRY_POINT_GROUP}' entry points"
     )
+
+
+def _already_loaded(point: EntryPoint) -> object:
+    """What an entry point names, if its module is imported already (importing is not free)."""
+    module = sys.modules.get(point.module)
+    return getattr(module, point.attr, None) if module is not None and point.attr else None
 
 
 def _path(cls: type) -> str:

@@ -40,7 +40,7 @@ class JsonlReaderStage(ReaderStage):
     def read_file(self, path: str, skipped: list[tuple[str, str]]) -> pa.Table | None:
         """See `ReaderStage.read_file`."""
         raw = read_decompressed(path)
-        if not raw.strip():
+        if not raw or raw.isspace():
             return None
         try:
             table = _parse(raw, _BLOCK)

@@ -55,10 +55,11 @@ class ReaderStage(ProcessingStage[FileGroupTask, DocumentBatch]):
         self.on_error = on_error
 
     def outputs(self) -> tuple[list[str], list[str]]:
-        """The columns requested, or at least the text column."""
+        """The columns requested; without `fields`, the text column and whatever the files hold
+        ("*")."""
         if self.fields:
             return [], list(self.fields)
-        return [], [self.text_field] if self.text_field else []
+        return [], [self.text_field, "*"] if self.text_field else ["*"]
 
     def read_file(self, path: str, skipped: list[tuple[str, str]]) -> pa.Table | None:
         """One file as a table (None when it holds no documents); append (id, reason) of each
