@@ -37,8 +37,8 @@ class ComponentRegistry[T: Component]:
         self._classes: dict[str, type[T]] = {}
 
     def add(self, cls: type[T]) -> None:
-        """Register a concrete class under its class name."""
-        if not inspect.isabstract(cls):
+        """Register a concrete, public class under its class name."""
+        if not inspect.isabstract(cls) and not cls.__name__.startswith("_"):
             self._classes[cls.__name__] = cls
 
     def to_spec(self, obj: T) -> dict[str, Any]:

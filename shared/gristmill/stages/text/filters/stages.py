@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gristmill.stages.base import ProcessingStage
 from gristmill.stages.text.filters.base import FILTERS, DocumentFilter
@@ -23,6 +24,15 @@ def _name_of(fn: object, default: str) -> str:
     if isinstance(fn, DocumentFilter):
         return fn.name
     return str(getattr(fn, "__name__", default))
+
+
+def _texts(table: pa.Table, field: str) -> pa.ChunkedArray:
+    """The text column, refusing nulls: a missing text is bad input, not a low score."""
+    column = table.column(field)
+    if column.null_count:
+        row = pc.index(pc.is_null(column), True).as_py()
+        raise ValueError(f"column '{field}' is null in row {row}")
+    return column
 
 
 def _json_value(value: Any) -> Any:
@@ -105,7 +115,7 @@ class ScoreFilter(ProcessingStage[DocumentBatch, DocumentBatch]):
         table = task.to_pyarrow()
         if table.num_rows == 0:
             return task
-        scores = np.asarray(self.filter_obj.score_column(table.column(self.text_field)))
+        scores = np.asarray(self.filter_obj.score_column(_texts(table, self.text_field)))
         keep = np.asarray(self.filter_obj.keep_column(scores), bool)
         if self.invert:
             keep = ~keep
@@ -152,7 +162,7 @@ class Score(ProcessingStage[DocumentBatch, DocumentBatch]):
     def process(self, task: DocumentBatch) -> DocumentBatch:
         """The batch with its score column."""
         table = task.to_pyarrow()
-        texts = table.column(self.text_field)
+        texts = _texts(table, self.text_field)
         if isinstance(self.score_fn, DocumentFilter):
             scores = np.asarray(self.score_fn.score_column(texts))
         else:
