@@ -5,6 +5,8 @@ Messages name what the user can act on: the stage, the column, the file, the par
 
 from __future__ import annotations
 
+import traceback
+
 __all__ = [
     "DataFormatError",
     "GristmillError",
@@ -23,6 +25,19 @@ __all__ = [
 
 class GristmillError(Exception):
     """Base class of gristmill's own errors."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Errors cross process boundaries (Ray workers): rebuild them from their own arguments.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[GristmillError], args: tuple[object, ...], state: dict[str, object]
+) -> GristmillError:
+    error = Exception.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ResourcesError(GristmillError, ValueError):
@@ -69,6 +84,8 @@ class StageError(GristmillError):
         self.stage = stage
         self.phase = phase
         self.task_ids = list(task_ids or [])
+        # Text, so the original traceback survives the trip back from a Ray worker.
+        self.traceback = "".join(traceback.format_exception(cause))
         where = f"stage '{stage}' failed in {phase}()"
         if self.task_ids:
             shown = ", ".join(self.task_ids[:5])

@@ -47,6 +47,11 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
         """What the stage writes: (task attributes, data columns)."""
         return [], []
 
+    def num_workers(self) -> int | None:
+        """How many workers this stage must have, when it pins the number (default: the
+        executor decides)."""
+        return None
+
     def setup_on_node(
         self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None
     ) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from gristmill.errors import TaskSerializationError
 
-__all__ = ["register_task_type", "task_type", "task_type_name"]
+__all__ = ["register_task_type", "registered_task_types", "task_type", "task_type_name"]
 
 _TASK_TYPES: dict[str, type[Any]] = {}
 
@@ -35,3 +35,8 @@ def task_type(name: str) -> type[Any]:
             f"unknown task type '{name}': import module '{module}' (which defines it) "
             f"in this process before decoding"
         ) from None
+
+
+def registered_task_types() -> list[type[Any]]:
+    """Every task class registered in this process."""
+    return list(_TASK_TYPES.values())

@@ -1,0 +1,186 @@
+"""The same pipelines on LocalExecutor, XennaExecutor (streaming, batch) and RayDataExecutor
+give the same documents — with a real local Ray, no mocks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+sys.path.insert(0, str(EXAMPLES))  # before Ray starts: its workers import what the driver can
+
+from quickstart import SentimentStage, TaskCreationStage, WordCountStage  # noqa: E402
+from ray_stages import (  # noqa: E402
+    AddOne,
+    AlwaysFails,
+    CountingSetup,
+    FailsOnce,
+    MakeBatches,
+    QuarterGpu,
+)
+
+from gristmill import BaseExecutor, LocalExecutor, Pipeline, Resources  # noqa: E402
+from gristmill.errors import GristmillError, StageError  # noqa: E402
+from gristmill.executors.ray_cluster import ray_session  # noqa: E402
+from gristmill.executors.ray_data import RayDataExecutor  # noqa: E402
+from gristmill.executors.xenna import XennaExecutor  # noqa: E402
+from gristmill.stages.text.io import AddId, JsonlReader, JsonlWriter  # noqa: E402
+from gristmill.stages.text.presets import quality_filters  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+EXECUTORS = {
+    "local": lambda: LocalExecutor(),
+    "xenna-streaming": lambda: XennaExecutor({"execution_mode": "streaming"}),
+    "xenna-batch": lambda: XennaExecutor({"execution_mode": "batch"}),
+    "ray-data": lambda: RayDataExecutor(),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray() -> Iterator[None]:
+    """One local Ray (with the dashboard xenna needs) for the whole module."""
+    with ray_session(dashboard=True):
+        yield
+
+
+def _fingerprint(tasks: list[Any]) -> list[tuple[str, str, list[str]]]:
+    """Sorted (task id, content hash, stage names) of every output task."""
+    rows = []
+    for task in tasks:
+        table = task.to_pandas() if hasattr(task, "to_pandas") else task.data
+        content = table.to_json(orient="records") if hasattr(table, "to_json") else json.dumps(table)
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        rows.append((task.task_id, digest, [p.stage_name for p in task._stage_perf]))
+    return sorted(rows)
+
+
+def _quickstart() -> Pipeline:
+    return Pipeline(
+        "quickstart",
+        [TaskCreationStage(num_sentences_per_task=4, num_tasks=7), WordCountStage(), SentimentStage()],
+    )
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data"])
+def test_quickstart_gives_the_local_outputs(name: str) -> None:
+    expected = _fingerprint(_quickstart().run(LocalExecutor()))
+    assert len(expected) == 7
+    assert _fingerprint(_quickstart().run(EXECUTORS[name]())) == expected
+
+
+def _corpus(tmp_path: Path) -> str:
+    good = (
+        "The miller opens the gate at dawn and the river turns the wheel. Farmers bring grain "
+        "in carts, and the stones grind it into flour for the village bakers. In the evening "
+        "the miller counts the sacks, sweeps the floor and closes the gate again. On market "
+        "days the square fills with people who buy bread, and the miller hears the news of "
+        "the valley from the carters who wait with their horses by the water."
+    )
+    docs = [good, "Too short.", good + " buy now" * 60 + ".", "<a>" * 50 + good, good.upper()]
+    source = tmp_path / "corpus"
+    source.mkdir()
+    for part in range(4):
+        lines = [json.dumps({"text": f"{d} Part {part} line {i}."}) for i, d in enumerate(docs)]
+        (source / f"part-{part}.jsonl").write_text("\n".join(lines) + "\n")
+    return str(source)
+
+
+def _written(directory: Path) -> list[tuple[str, str]]:
+    docs = [json.loads(line) for p in directory.iterdir() for line in p.read_text().splitlines()]
+    return sorted((d["id"], hashlib.sha256(d["text"].encode()).hexdigest()) for d in docs)
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data"])
+def test_text_pipeline_writes_the_documents_local_writes(name: str, tmp_path: Path) -> None:
+    source = _corpus(tmp_path)
+
+    def run(executor: BaseExecutor, out: Path) -> None:
+        stages = [JsonlReader(source), AddId(), *quality_filters(), JsonlWriter(str(out / "data"), drops_path=str(out / "drops"))]  # fmt: skip
+        Pipeline("quality", stages).run(executor)
+
+    run(LocalExecutor(), tmp_path / "local")
+    run(EXECUTORS[name](), tmp_path / name)
+    expected = _written(tmp_path / "local" / "data")
+    assert len(expected) == 4  # one good document survives in each file (upper case has no "the")
+    assert _written(tmp_path / name / "data") == expected
+    assert _written_drops(tmp_path / name / "drops") == _written_drops(tmp_path / "local" / "drops")
+    assert sorted(p.name for p in (tmp_path / name / "data").iterdir()) == sorted(p.name for p in (tmp_path / "local" / "data").iterdir())  # fmt: skip
+
+
+def _written_drops(directory: Path) -> list[tuple[str, str]]:
+    return sorted((d["id"], d["stage"]) for p in directory.iterdir() for d in map(json.loads, p.read_text().splitlines()))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
+def test_outputs_are_identical_run_after_run(name: str) -> None:
+    pipeline = Pipeline("again", [MakeBatches(num_tasks=12), AddOne(), AddOne().with_(name="two")])
+    first = _fingerprint(pipeline.run(EXECUTORS[name]()))
+    assert _fingerprint(pipeline.run(EXECUTORS[name]())) == first
+    assert len(first) == 12
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
+def test_a_stage_is_set_up_once_per_actor_not_per_task(name: str, tmp_path: Path) -> None:
+    log = tmp_path / "setups.log"
+    pipeline = Pipeline("setup", [MakeBatches(num_tasks=10), CountingSetup(str(log))])
+    outputs = pipeline.run(EXECUTORS[name]())
+    setups = log.read_text().split()
+    pids = {pid for task in outputs for pid in task.to_pyarrow()["pid"].to_pylist()}
+    assert len(outputs) == 10
+    assert len(setups) == len(set(setups))  # no process set up twice
+    assert {int(p) for p in setups} >= pids  # every process that worked was set up
+    assert len(setups) < 10  # far fewer setups than tasks
+    assert {s for task in outputs for s in task.to_pyarrow()["setups"].to_pylist()} == {1}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("mode", ["streaming", "batch"])
+def test_six_one_cpu_stages_run_on_two_cores(mode: str, fuse: bool) -> None:
+    stages = [MakeBatches(num_tasks=6), *[AddOne().with_(name=f"add{i}") for i in range(5)]]
+    assert all(s.resources == Resources(cpus=1.0) for s in stages)
+    outputs = Pipeline("six", stages).run(XennaExecutor({"execution_mode": mode}), fuse=fuse)
+    values = sorted(v for task in outputs for v in task.to_pyarrow()["n"].to_pylist())
+    assert values == [n + 5 for n in range(30)]
+
+
+def test_xenna_retries_a_failing_task_when_asked(tmp_path: Path) -> None:
+    pipeline = Pipeline("retry", [MakeBatches(num_tasks=3), FailsOnce(str(tmp_path))])
+    # Unfused: a retry repeats one task of FailsOnce, not the batch-making stage before it.
+    outputs = pipeline.run(XennaExecutor({"max_retries": 1}), fuse=False)
+    assert len(outputs) == 3
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
+def test_a_stage_that_keeps_failing_is_reported_with_its_name_and_traceback(name: str) -> None:
+    pipeline = Pipeline("fail", [MakeBatches(num_tasks=2), AlwaysFails()])
+    with pytest.raises(StageError) as caught:
+        pipeline.run(EXECUTORS[name]())
+    assert str(caught.value).startswith("stage 'AlwaysFails' failed in process() on task ")
+    assert str(caught.value).endswith(": ValueError: this stage never works")
+    assert 'raise ValueError("this stage never works")' in caught.value.traceback
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
+def test_a_fractional_gpu_stage_is_planned_but_refused_at_run_time_without_a_gpu(name: str) -> None:
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine has a GPU: test_four_actors_share_one_gpu covers it")
+    pipeline = Pipeline("gpu", [MakeBatches(num_tasks=2), QuarterGpu()])
+    assert "gpus=0.25" in pipeline.describe()
+    with pytest.raises(GristmillError, match=r"stage 'QuarterGpu' asks for gpus=0.25, but the Ray cluster has no GPU"):  # fmt: skip
+        pipeline.run(EXECUTORS[name]())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
+def test_four_actors_share_one_gpu(name: str) -> None:
+    outputs = Pipeline("gpu", [MakeBatches(num_tasks=16), QuarterGpu()]).run(EXECUTORS[name]())
+    assert len(outputs) == 16
