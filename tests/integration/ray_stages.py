@@ -58,7 +58,9 @@ class CountingSetup(ProcessingStage[DocumentBatch, DocumentBatch]):
             table = task.to_pyarrow()
             rows = table.num_rows
             table = table.append_column("pid", pa.array([os.getpid()] * rows))
-            out.append(DocumentBatch(data=table.append_column("setups", pa.array([self.setups] * rows))))
+            out.append(
+                DocumentBatch(data=table.append_column("setups", pa.array([self.setups] * rows)))
+            )
         return out
 
 

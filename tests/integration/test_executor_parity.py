@@ -55,7 +55,9 @@ def _fingerprint(tasks: list[Any]) -> list[tuple[str, str, list[str]]]:
     rows = []
     for task in tasks:
         table = task.to_pandas() if hasattr(task, "to_pandas") else task.data
-        content = table.to_json(orient="records") if hasattr(table, "to_json") else json.dumps(table)
+        content = (
+            table.to_json(orient="records") if hasattr(table, "to_json") else json.dumps(table)
+        )
         digest = hashlib.sha256(content.encode()).hexdigest()
         rows.append((task.task_id, digest, [p.stage_name for p in task._stage_perf]))
     return sorted(rows)
@@ -64,7 +66,11 @@ def _fingerprint(tasks: list[Any]) -> list[tuple[str, str, list[str]]]:
 def _quickstart() -> Pipeline:
     return Pipeline(
         "quickstart",
-        [TaskCreationStage(num_sentences_per_task=4, num_tasks=7), WordCountStage(), SentimentStage()],
+        [
+            TaskCreationStage(num_sentences_per_task=4, num_tasks=7),
+            WordCountStage(),
+            SentimentStage(),
+        ],
     )
 
 

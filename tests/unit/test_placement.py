@@ -50,7 +50,9 @@ def test_a_gpu_stage_without_gpus_names_the_stage() -> None:
 def test_impossible_gpu_requests_are_named() -> None:
     with pytest.raises(GristmillError, match=r"asks for 4 GPUs; the cluster has 2"):
         gpu_request("s", Resources(gpus=4), 2.0, 80.0)
-    with pytest.raises(GristmillError, match=r"asks for 100 GB of GPU memory; a GPU here has 80 GB"):
+    with pytest.raises(
+        GristmillError, match=r"asks for 100 GB of GPU memory; a GPU here has 80 GB"
+    ):
         gpu_request("s", Resources(gpu_memory_gb=100), 1.0, 80.0)
     with pytest.raises(GristmillError, match=r"memory could not be detected"):
         gpu_request("s", Resources(gpu_memory_gb=8), 1.0, None)
