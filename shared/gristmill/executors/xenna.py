@@ -66,7 +66,8 @@ class XennaExecutor(BaseExecutor):
 
     - `execution_mode`: "streaming" (default: every step runs at once, autoscaled) or "batch"
       (step after step, everything materialised between them);
-    - `autoscale_interval_s` (streaming; default 10), `logging_interval_s` (default 60);
+    - `autoscale_interval_s` (streaming; default 3: short runs need workers early; raise it
+      for long runs), `logging_interval_s` (default 60);
     - `max_retries`: extra attempts of a failing task (default 0; stages are retry-safe);
     - `fit_cpus`: shrink CPU requests proportionally when the steps together ask for more CPUs
       than the cluster has, so every step gets a worker (default True);
@@ -114,7 +115,7 @@ class XennaExecutor(BaseExecutor):
                 monitoring_verbosity_level=pl.VerbosityLevel.NONE,
                 actor_pool_verbosity_level=pl.VerbosityLevel.NONE,
                 mode_specific=pl.StreamingSpecificSpec(
-                    autoscale_interval_s=float(self.config.get("autoscale_interval_s", 10)),
+                    autoscale_interval_s=float(self.config.get("autoscale_interval_s", 3)),
                     executor_verbosity_level=pl.VerbosityLevel.NONE,
                 ),
             )

@@ -33,6 +33,9 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
     name: str = "ProcessingStage"
     resources: Resources = Resources()
     batch_size: int = 1
+    # True for a stage that splits one task into many independent ones (a source, a file
+    # partitioner): fusion ends the step after it, so executors can spread the pieces.
+    fans_out: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -197,8 +197,11 @@ def can_fuse(first: AnyStage, second: AnyStage) -> bool:
     """Whether two adjacent stages may run as one step without changing any output.
 
     Both must work task by task with `batch_size` 1, need nothing set up per node, and ask for
-    the same resources (so one worker fits both).
+    the same resources (so one worker fits both); and the first must not fan out (its pieces
+    should spread over workers, not queue behind one).
     """
+    if first.fans_out:
+        return False
     return (
         all(
             is_map_style(s)

@@ -74,6 +74,7 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
     """
 
     name = "file_partitioning"
+    fans_out = True
 
     def __init__(
         self,
