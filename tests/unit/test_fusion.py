@@ -91,3 +91,12 @@ def test_fused_and_unfused_runs_give_identical_outputs() -> None:
         "d0-2", "d0-3", "d1-1", "d1-2", "d1-3", "d2-0", "d2-1", "d2-2", "d2-3",
     ]  # fmt: skip
     assert len({t.task_id for t in fused}) == 9
+
+
+def test_a_stage_that_fans_out_ends_its_step() -> None:
+    fanning = MakeDocs().with_(fans_out=True)
+    pipeline = Pipeline("p", [fanning, AddLength(), KeepLong()])
+    assert [[m.name for m in step.members] for step in pipeline.build().steps] == [
+        ["MakeDocs"],
+        ["AddLength", "KeepLong"],
+    ]

@@ -14,7 +14,7 @@ from gristmill.tasks import Task
 __all__ = ["CompositeStage", "ProcessingStage"]
 
 # Settings every stage has besides its constructor parameters; `with_` and specs may change them.
-STAGE_SETTINGS = ("name", "resources", "batch_size")
+STAGE_SETTINGS = ("name", "resources", "batch_size", "fans_out")
 
 
 class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
