@@ -159,7 +159,7 @@ def test_six_one_cpu_stages_run_on_two_cores(mode: str, fuse: bool) -> None:
 def test_xenna_retries_a_failing_task_when_asked(tmp_path: Path) -> None:
     pipeline = Pipeline("retry", [MakeBatches(num_tasks=3), FailsOnce(str(tmp_path))])
     # Unfused: a retry repeats one task of FailsOnce, not the batch-making stage before it.
-    outputs = pipeline.run(XennaExecutor({"max_retries": 1}), fuse=False)
+    outputs = pipeline.run(XennaExecutor({"max_retries": {"FailsOnce": 1}}), fuse=False)
     assert len(outputs) == 3
 
 

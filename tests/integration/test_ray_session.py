@@ -43,3 +43,47 @@ def test_a_ray_the_user_started_is_left_running() -> None:
         assert ray.is_initialized()
     finally:
         ray.shutdown()
+
+
+OTHER_RAY = """
+import sys, time, ray
+ray.init(num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1], log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+try:
+    time.sleep(600)
+except KeyboardInterrupt:
+    ray.shutdown()
+"""
+
+
+def test_xenna_runs_beside_another_ray_on_the_same_machine(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from ray_stages import AddOne, MakeBatches
+
+    from gristmill import Pipeline
+    from gristmill.executors.xenna import XennaExecutor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    other_dir = tempfile.mkdtemp(prefix="gm-other-ray-")
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER_RAY, other_dir], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None
+        other_address = other.stdout.readline().strip()  # blocks until that Ray is up
+        assert other_address
+        outputs = Pipeline("beside", [MakeBatches(num_tasks=3), AddOne()]).run(XennaExecutor())
+        assert sorted(v for t in outputs for v in t.to_pyarrow()["n"].to_pylist()) == list(
+            range(1, 16)
+        )
+        assert not ray.is_initialized()  # ours is stopped again; the other one was never touched
+        assert other.poll() is None
+    finally:
+        other.send_signal(signal.SIGINT)
+        other.wait(timeout=60)

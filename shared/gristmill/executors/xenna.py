@@ -68,7 +68,8 @@ class XennaExecutor(BaseExecutor):
       (step after step, everything materialised between them);
     - `autoscale_interval_s` (streaming; default 3: short runs need workers early; raise it
       for long runs), `logging_interval_s` (default 60);
-    - `max_retries`: extra attempts of a failing task (default 0; stages are retry-safe);
+    - `max_retries`: extra attempts of a failing task (default 0; stages are retry-safe),
+      for every step, or per step as `{step name: retries}` (others get 0);
     - `fit_cpus`: shrink CPU requests proportionally when the steps together ask for more CPUs
       than the cluster has, so every step gets a worker (default True);
     - `cpu_allocation_percentage`: share of the cluster's CPUs xenna may use (default 1.0).
@@ -105,13 +106,11 @@ class XennaExecutor(BaseExecutor):
 
             cluster: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
             specs = self._stage_specs(stages, cluster, pl)
-            retries = int(self.config.get("max_retries", 0))
             config = pl.PipelineConfig(
                 execution_mode=pl.ExecutionMode[mode],
                 return_last_stage_outputs=True,
                 cpu_allocation_percentage=float(self.config.get("cpu_allocation_percentage", 1.0)),
                 logging_interval_s=float(self.config.get("logging_interval_s", 60)),
-                num_run_attempts_python=1 + retries,
                 monitoring_verbosity_level=pl.VerbosityLevel.NONE,
                 actor_pool_verbosity_level=pl.VerbosityLevel.NONE,
                 mode_specific=pl.StreamingSpecificSpec(
@@ -127,6 +126,12 @@ class XennaExecutor(BaseExecutor):
                 raise original_error(exc) from exc
         return sorted(outputs or [], key=lambda t: t.task_id)
 
+    def _retries(self, step: str) -> int:
+        retries = self.config.get("max_retries", 0)
+        if isinstance(retries, dict):
+            return int(retries.get(step, 0))
+        return int(retries)
+
     def _stage_specs(self, stages: list[AnyStage], cluster: dict[str, float], pl: Any) -> list[Any]:
         cpus = [s.resources.cpus for s in stages]
         if self.config.get("fit_cpus", True):
@@ -137,6 +142,10 @@ class XennaExecutor(BaseExecutor):
         for stage, stage_cpus in zip(stages, cpus, strict=True):
             gpus = gpu_request(stage.name, stage.resources, cluster.get("GPU", 0.0), card_gb)
             specs.append(
-                pl.StageSpec(_adapter(stage, stage_cpus, gpus), num_workers=stage.num_workers())
+                pl.StageSpec(
+                    _adapter(stage, stage_cpus, gpus),
+                    num_workers=stage.num_workers(),
+                    num_run_attempts_python=1 + self._retries(stage.name),
+                )
             )
         return specs
