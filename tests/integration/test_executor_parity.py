@@ -16,14 +16,6 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))  # before Ray starts: its workers import what the driver can
 
 from quickstart import SentimentStage, TaskCreationStage, WordCountStage  # noqa: E402
-from ray_stages import (  # noqa: E402
-    AddOne,
-    AlwaysFails,
-    CountingSetup,
-    FailsOnce,
-    MakeBatches,
-    QuarterGpu,
-)
 
 from gristmill import BaseExecutor, LocalExecutor, Pipeline, Resources  # noqa: E402
 from gristmill.errors import GristmillError, StageError  # noqa: E402
@@ -32,6 +24,15 @@ from gristmill.executors.ray_data import RayDataExecutor  # noqa: E402
 from gristmill.executors.xenna import XennaExecutor  # noqa: E402
 from gristmill.stages.text.io import AddId, JsonlReader, JsonlWriter  # noqa: E402
 from gristmill.stages.text.presets import quality_filters  # noqa: E402
+
+from ray_stages import (  # noqa: E402
+    AddOne,
+    AlwaysFails,
+    CountingSetup,
+    FailsOnce,
+    MakeBatches,
+    QuarterGpu,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -64,10 +64,10 @@ def test_xenna_runs_beside_another_ray_on_the_same_machine(
     import sys
     import tempfile
 
-    from ray_stages import AddOne, MakeBatches
-
     from gristmill import Pipeline
     from gristmill.executors.xenna import XennaExecutor
+
+    from ray_stages import AddOne, MakeBatches
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     other_dir = tempfile.mkdtemp(prefix="gm-other-ray-")

@@ -19,8 +19,9 @@ from gristmill.stages.text.filters import (
     SubstringFilter,
     UrlsFilter,
     WhiteSpaceFilter,
-    kernels,
 )
+
+from column_checks import SHAPES, check_column_matches_documents, check_shape_scores_alike, keeps
 
 DOCS = [
     "ab, cd!",
@@ -68,25 +69,6 @@ FILTERS: dict[str, Callable[[], DocumentFilter]] = {
     "any": lambda: SubstringFilter("😀", "any"),
     "boilerplate_string_ratio": BoilerPlateStringFilter,
 }
-
-SHAPES: dict[str, Callable[[pa.Array], pa.Array | pa.ChunkedArray]] = {
-    "chunked": lambda a: pa.chunked_array(
-        [a.slice(0, 7), a.slice(7, 0), a.slice(7, 13), a.slice(20)]
-    ),
-    "sliced": lambda a: a.slice(3, 10),
-    "large_string": lambda a: a.cast(pa.large_string()),
-    "chunked_large_string": lambda a: pa.chunked_array([a.slice(0, 11), a.slice(11)]).cast(
-        pa.large_string()
-    ),
-}
-
-
-def _expected_for(shape: str, values: list[object]) -> list[object]:
-    return values[3:13] if shape == "sliced" else values
-
-
-def _keeps(f: DocumentFilter, texts: list[str]) -> list[bool]:
-    return [f.keep_document(f.score_document(t)) for t in texts]
 
 
 # ---- names and defaults ---------------------------------------------------------------------
@@ -140,8 +122,8 @@ def test_non_alpha_numeric_is_the_share_outside_ascii_alnum_and_lf_punct(
 def test_non_alpha_numeric_keeps_up_to_a_quarter_inclusively() -> None:
     texts = ["abc d", "ab c", "a b"]  # 1/5, 1/4, 1/3
     assert [NonAlphaNumericFilter().score_document(t) for t in texts] == [0.2, 0.25, 1 / 3]
-    assert _keeps(NonAlphaNumericFilter(), texts) == [True, True, False]
-    assert _keeps(NonAlphaNumericFilter(), ["", "  "]) == [False, False]
+    assert keeps(NonAlphaNumericFilter(), texts) == [True, True, False]
+    assert keeps(NonAlphaNumericFilter(), ["", "  "]) == [False, False]
 
 
 # ---- NumbersFilter --------------------------------------------------------------------------
@@ -168,8 +150,8 @@ def test_numbers_is_the_share_of_ascii_digits(text: str, ratio: float) -> None:
 def test_numbers_keeps_up_to_015_inclusively() -> None:
     texts = ["12" + "a" * 18, "123" + "a" * 17, "1234" + "a" * 16]  # 2/20, 3/20, 4/20
     assert [NumbersFilter().score_document(t) for t in texts] == [0.1, 0.15, 0.2]
-    assert _keeps(NumbersFilter(), texts) == [True, True, False]
-    assert _keeps(NumbersFilter(), ["", " "]) == [False, True]
+    assert keeps(NumbersFilter(), texts) == [True, True, False]
+    assert keeps(NumbersFilter(), ["", " "]) == [False, True]
 
 
 # ---- UrlsFilter -----------------------------------------------------------------------------
@@ -201,8 +183,8 @@ def test_urls_with_a_custom_regex() -> None:
 def test_urls_keeps_up_to_a_fifth_inclusively() -> None:
     texts = ["http://ab " + "x" * n for n in (36, 35, 34)]  # 9/46, 9/45, 9/44
     assert [UrlsFilter().score_document(t) for t in texts] == [9 / 46, 0.2, 9 / 44]
-    assert _keeps(UrlsFilter(), texts) == [True, True, False]
-    assert _keeps(UrlsFilter(), ["", " "]) == [False, True]
+    assert keeps(UrlsFilter(), texts) == [True, True, False]
+    assert keeps(UrlsFilter(), ["", " "]) == [False, True]
 
 
 # ---- WhiteSpaceFilter -----------------------------------------------------------------------
@@ -227,8 +209,8 @@ def test_white_space_is_the_share_of_tab_lf_cr_backspace_space(text: str, ratio:
 def test_white_space_keeps_up_to_a_quarter_inclusively() -> None:
     texts = ["abc d", "ab c", "a b"]
     assert [WhiteSpaceFilter().score_document(t) for t in texts] == [0.2, 0.25, 1 / 3]
-    assert _keeps(WhiteSpaceFilter(), texts) == [True, True, False]
-    assert _keeps(WhiteSpaceFilter(), ["", "\u3000"]) == [False, True]
+    assert keeps(WhiteSpaceFilter(), texts) == [True, True, False]
+    assert keeps(WhiteSpaceFilter(), ["", "\u3000"]) == [False, True]
 
 
 # ---- ParenthesesFilter ----------------------------------------------------------------------
@@ -252,8 +234,8 @@ def test_parentheses_is_the_share_of_bracket_characters(text: str, ratio: float)
 def test_parentheses_keeps_up_to_a_tenth_inclusively() -> None:
     texts = ["(" + "a" * 10, "(" + "a" * 9, "(" + "a" * 8]  # 1/11, 1/10, 1/9
     assert [ParenthesesFilter().score_document(t) for t in texts] == [1 / 11, 0.1, 1 / 9]
-    assert _keeps(ParenthesesFilter(), texts) == [True, True, False]
-    assert _keeps(ParenthesesFilter(), ["", " "]) == [False, True]
+    assert keeps(ParenthesesFilter(), texts) == [True, True, False]
+    assert keeps(ParenthesesFilter(), ["", " "]) == [False, True]
 
 
 # ---- PornographicUrlsFilter -----------------------------------------------------------------
@@ -280,7 +262,7 @@ def test_pornographic_urls_scores_one_for_porn_in_a_url(text: str, score: int) -
 def test_pornographic_urls_keeps_score_zero_and_drops_score_one() -> None:
     f = PornographicUrlsFilter()
     assert [f.keep_document(0), f.keep_document(1)] == [True, False]
-    assert _keeps(f, ["", "http://porn.com"]) == [True, False]
+    assert keeps(f, ["", "http://porn.com"]) == [True, False]
     custom = PornographicUrlsFilter(url_regex=r"https?://\S+")
     assert custom.score_document("http://example.com/porn") == 1
 
@@ -350,8 +332,8 @@ def test_boilerplate_keeps_up_to_040_inclusively() -> None:
         "terms of use\n\nb",  # 1/2
     ]
     assert [BoilerPlateStringFilter().score_document(t) for t in texts] == [1 / 3, 0.4, 0.5]
-    assert _keeps(BoilerPlateStringFilter(), texts) == [True, True, False]
-    assert _keeps(BoilerPlateStringFilter(), ["", "  "]) == [True, True]
+    assert keeps(BoilerPlateStringFilter(), texts) == [True, True, False]
+    assert keeps(BoilerPlateStringFilter(), ["", "  "]) == [True, True]
 
 
 # ---- the column path ------------------------------------------------------------------------
@@ -361,17 +343,7 @@ def test_boilerplate_keeps_up_to_040_inclusively() -> None:
 def test_column_scores_equal_document_scores_with_and_without_c_kernels(
     key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    f = FILTERS[key]()
-    scores = [f.score_document(d) for d in DOCS]
-    keeps = [f.keep_document(s) for s in scores]
-    fast = f.score_column(pa.array(DOCS))
-    assert fast.tolist() == scores
-    assert f.keep_column(fast).tolist() == keeps
-    monkeypatch.setattr(kernels, "available", lambda: False)
-    slow = f.score_column(pa.array(DOCS))
-    assert slow.tolist() == scores
-    assert slow.tolist() == fast.tolist()
-    assert f.keep_column(slow).tolist() == keeps
+    check_column_matches_documents(FILTERS[key](), DOCS, monkeypatch)
 
 
 @pytest.mark.parametrize("kernels_on", [True, False])
@@ -380,12 +352,7 @@ def test_column_scores_equal_document_scores_with_and_without_c_kernels(
 def test_chunked_sliced_and_large_string_columns_score_alike(
     key: str, shape: str, kernels_on: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    f = FILTERS[key]()
-    scores = _expected_for(shape, [f.score_document(d) for d in DOCS])
-    if not kernels_on:
-        monkeypatch.setattr(kernels, "available", lambda: False)
-    column = SHAPES[shape](pa.array(DOCS))
-    assert f.score_column(column).tolist() == scores
+    check_shape_scores_alike(FILTERS[key](), DOCS, shape, kernels_on, monkeypatch)
 
 
 def test_a_column_large_enough_to_be_split_across_threads_keeps_document_order() -> None:

@@ -24,8 +24,9 @@ from gristmill.stages.text.filters import (
     RepeatedParagraphsFilter,
     RepeatingDuplicateNGramsFilter,
     RepeatingTopNGramsFilter,
-    kernels,
 )
+
+from column_checks import SHAPES, check_column_matches_documents, check_shape_scores_alike, keeps
 
 DOCS = [
     "a b a b c",
@@ -72,26 +73,12 @@ FILTERS: dict[str, Callable[[], DocumentFilter]] = {
     **{f"dup_{n}": (lambda n=n: RepeatingDuplicateNGramsFilter(n=n)) for n in (1, 2, 3, 5)},
 }
 
-SHAPES: dict[str, Callable[[pa.Array], pa.Array | pa.ChunkedArray]] = {
-    "chunked": lambda a: pa.chunked_array(
-        [a.slice(0, 7), a.slice(7, 0), a.slice(7, 13), a.slice(20)]
-    ),
-    "sliced": lambda a: a.slice(3, 10),
-    "large_string": lambda a: a.cast(pa.large_string()),
-    "chunked_large_string": lambda a: pa.chunked_array([a.slice(0, 11), a.slice(11)]).cast(
-        pa.large_string()
-    ),
-}
 
 BLANK_LINES = ["", "   ", " \n\t\n \r\n", "\u3000\n\u00a0"]  # no non-blank line
 
 
 def _scores(f: DocumentFilter, texts: list[str]) -> list[object]:
     return [f.score_document(t) for t in texts]
-
-
-def _keeps(f: DocumentFilter, texts: list[str]) -> list[bool]:
-    return [f.keep_document(f.score_document(t)) for t in texts]
 
 
 # ---- names and defaults ---------------------------------------------------------------------
@@ -156,8 +143,8 @@ def test_bullets_is_the_share_of_lines_starting_with_a_bullet() -> None:
 def test_bullets_keeps_up_to_090_inclusively() -> None:
     texts = ["• x\n" * k + "x\n" * (10 - k) for k in (8, 9, 10)]  # 8/10, 9/10, 10/10
     assert _scores(BulletsFilter(), texts) == [0.8, 0.9, 1.0]
-    assert _keeps(BulletsFilter(), texts) == [True, True, False]
-    assert _keeps(BulletsFilter(), [""]) == [False]
+    assert keeps(BulletsFilter(), texts) == [True, True, False]
+    assert keeps(BulletsFilter(), [""]) == [False]
 
 
 def test_punctuation_is_the_share_of_lines_without_an_end_mark() -> None:
@@ -171,7 +158,7 @@ def test_punctuation_is_the_share_of_lines_without_an_end_mark() -> None:
 def test_punctuation_keeps_up_to_085_inclusively() -> None:
     texts = ["x\n" * k + "x.\n" * (20 - k) for k in (16, 17, 18)]  # 16/20, 17/20, 18/20
     assert _scores(PunctuationFilter(), texts) == [0.8, 0.85, 0.9]
-    assert _keeps(PunctuationFilter(), texts) == [True, True, False]
+    assert keeps(PunctuationFilter(), texts) == [True, True, False]
 
 
 def test_ellipsis_is_the_share_of_lines_ending_in_an_ellipsis() -> None:
@@ -185,7 +172,7 @@ def test_ellipsis_is_the_share_of_lines_ending_in_an_ellipsis() -> None:
 def test_ellipsis_keeps_up_to_030_inclusively() -> None:
     texts = ["x...\n" * k + "x\n" * (10 - k) for k in (2, 3, 4)]  # 2/10, 3/10, 4/10
     assert _scores(EllipsisFilter(), texts) == [0.2, 0.3, 0.4]
-    assert _keeps(EllipsisFilter(), texts) == [True, True, False]
+    assert keeps(EllipsisFilter(), texts) == [True, True, False]
 
 
 # ---- repeated lines and paragraphs ----------------------------------------------------------
@@ -295,8 +282,8 @@ def test_top_ngram_ties_go_to_the_ngram_occurring_first(text: str, score: float)
 def test_top_ngram_keeps_up_to_a_fifth_inclusively() -> None:
     texts = ["a b cc dd eeeeee", "a b cc dd eeeee", "a b cc dd eeee"]  # "a b": 3/16, 3/15, 3/14
     assert _scores(RepeatingTopNGramsFilter(), texts) == [3 / 16, 0.2, 3 / 14]
-    assert _keeps(RepeatingTopNGramsFilter(), texts) == [True, True, False]
-    assert _keeps(RepeatingTopNGramsFilter(), ["", "one"]) == [False, False]
+    assert keeps(RepeatingTopNGramsFilter(), texts) == [True, True, False]
+    assert keeps(RepeatingTopNGramsFilter(), ["", "one"]) == [False, False]
 
 
 def test_top_ngram_of_a_200000_word_document() -> None:
@@ -355,8 +342,8 @@ def test_duplicate_ngram_score_is_the_share_covered_by_repeats(
 def test_duplicate_ngram_keeps_up_to_a_fifth_inclusively() -> None:
     texts = ["a b a b cc ddddd", "a b a b cc dddd", "a b a b cc ddd"]  # 3/16, 3/15, 3/14
     assert _scores(RepeatingDuplicateNGramsFilter(), texts) == [3 / 16, 0.2, 3 / 14]
-    assert _keeps(RepeatingDuplicateNGramsFilter(), texts) == [True, True, False]
-    assert _keeps(RepeatingDuplicateNGramsFilter(), ["", "one"]) == [False, False]
+    assert keeps(RepeatingDuplicateNGramsFilter(), texts) == [True, True, False]
+    assert keeps(RepeatingDuplicateNGramsFilter(), ["", "one"]) == [False, False]
 
 
 def test_duplicate_ngram_of_a_200000_word_document() -> None:
@@ -375,17 +362,7 @@ def test_duplicate_ngram_of_a_200000_word_document() -> None:
 def test_column_scores_equal_document_scores_with_and_without_c_kernels(
     key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    f = FILTERS[key]()
-    scores = [f.score_document(d) for d in DOCS]
-    keeps = [f.keep_document(s) for s in scores]
-    fast = f.score_column(pa.array(DOCS))
-    assert fast.tolist() == scores
-    assert f.keep_column(fast).tolist() == keeps
-    monkeypatch.setattr(kernels, "available", lambda: False)
-    slow = f.score_column(pa.array(DOCS))
-    assert slow.tolist() == scores
-    assert slow.tolist() == fast.tolist()
-    assert f.keep_column(slow).tolist() == keeps
+    check_column_matches_documents(FILTERS[key](), DOCS, monkeypatch)
 
 
 @pytest.mark.parametrize("kernels_on", [True, False])
@@ -394,14 +371,7 @@ def test_column_scores_equal_document_scores_with_and_without_c_kernels(
 def test_chunked_sliced_and_large_string_columns_score_alike(
     key: str, shape: str, kernels_on: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    f = FILTERS[key]()
-    scores = [f.score_document(d) for d in DOCS]
-    if shape == "sliced":
-        scores = scores[3:13]
-    if not kernels_on:
-        monkeypatch.setattr(kernels, "available", lambda: False)
-    column = SHAPES[shape](pa.array(DOCS))
-    assert f.score_column(column).tolist() == scores
+    check_shape_scores_alike(FILTERS[key](), DOCS, shape, kernels_on, monkeypatch)
 
 
 def test_a_column_large_enough_to_be_split_across_threads_keeps_document_order() -> None:

@@ -16,8 +16,9 @@ from gristmill.stages.text.filters import (
     SymbolsToWordsFilter,
     WordCountFilter,
     WordsWithoutAlphabetsFilter,
-    kernels,
 )
+
+from column_checks import SHAPES, check_column_matches_documents, check_shape_scores_alike
 
 BLANKS = ["", "   ", " \t\n\r ", "\u00a0\u3000\u2003\x1c\x85"]  # str.split() sees no word in any
 
@@ -63,21 +64,6 @@ FILTERS: dict[str, Callable[[], DocumentFilter]] = {
     "common_english_words_no_stop": lambda: CommonEnglishWordsFilter(stop_at_false=False),
     "words_without_alphabets": WordsWithoutAlphabetsFilter,
 }
-
-SHAPES: dict[str, Callable[[pa.Array], pa.Array | pa.ChunkedArray]] = {
-    "chunked": lambda a: pa.chunked_array(
-        [a.slice(0, 7), a.slice(7, 0), a.slice(7, 13), a.slice(20)]
-    ),
-    "sliced": lambda a: a.slice(3, 10),
-    "large_string": lambda a: a.cast(pa.large_string()),
-    "chunked_large_string": lambda a: pa.chunked_array([a.slice(0, 11), a.slice(11)]).cast(
-        pa.large_string()
-    ),
-}
-
-
-def _expected_for(shape: str, values: list[object]) -> list[object]:
-    return values[3:13] if shape == "sliced" else values
 
 
 # ---- names, defaults, languages -------------------------------------------------------------
@@ -357,17 +343,7 @@ def test_words_with_alphabets_of_a_200000_word_document() -> None:
 def test_column_scores_equal_document_scores_with_and_without_c_kernels(
     key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    f = FILTERS[key]()
-    scores = [f.score_document(d) for d in DOCS]
-    keeps = [f.keep_document(s) for s in scores]
-    fast = f.score_column(pa.array(DOCS))
-    assert fast.tolist() == scores
-    assert f.keep_column(fast).tolist() == keeps
-    monkeypatch.setattr(kernels, "available", lambda: False)
-    slow = f.score_column(pa.array(DOCS))
-    assert slow.tolist() == scores
-    assert slow.tolist() == fast.tolist()
-    assert f.keep_column(slow).tolist() == keeps
+    check_column_matches_documents(FILTERS[key](), DOCS, monkeypatch)
 
 
 @pytest.mark.parametrize("kernels_on", [True, False])
@@ -376,12 +352,7 @@ def test_column_scores_equal_document_scores_with_and_without_c_kernels(
 def test_chunked_sliced_and_large_string_columns_score_alike(
     key: str, shape: str, kernels_on: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    f = FILTERS[key]()
-    scores = _expected_for(shape, [f.score_document(d) for d in DOCS])
-    if not kernels_on:
-        monkeypatch.setattr(kernels, "available", lambda: False)
-    column = SHAPES[shape](pa.array(DOCS))
-    assert f.score_column(column).tolist() == scores
+    check_shape_scores_alike(FILTERS[key](), DOCS, shape, kernels_on, monkeypatch)
 
 
 def test_an_empty_column_scores_to_an_empty_array() -> None:
