@@ -191,3 +191,6 @@ def test_a_fractional_gpu_stage_is_planned_but_refused_at_run_time_without_a_gpu
 def test_four_actors_share_one_gpu(name: str) -> None:
     outputs = Pipeline("gpu", [MakeBatches(num_tasks=16), QuarterGpu()]).run(EXECUTORS[name]())
     assert len(outputs) == 16
+    seen = {g for task in outputs for g in task.to_pyarrow()["gpu"].to_pylist()}
+    assert len(seen) == 1  # every actor of the stage saw the same single GPU
+    assert next(iter(seen)) not in ("", None)
