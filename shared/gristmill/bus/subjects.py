@@ -1,0 +1,116 @@
+"""NATS subjects, built and parsed in one place (no subject strings anywhere else).
+
+    gm.<team>.task.<job>.<step>     task manifests of one step of one job
+    gm.<team>.event.<job>.<kind>    what happened (task_done, task_failed, job_state, ...)
+    gm.<team>.api.<verb>            requests (submit, status, ...)
+
+A team owns `gm.<team>.>`: its NATS user may reach nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from gristmill.errors import GristmillError
+
+__all__ = [
+    "PREFIX",
+    "Subject",
+    "api_subject",
+    "check_token",
+    "event_subject",
+    "parse_subject",
+    "task_subject",
+    "team_subjects",
+]
+
+PREFIX = "gm"
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+Kind = Literal["task", "event", "api"]
+
+
+class SubjectError(GristmillError, ValueError):
+    """A name that cannot be a subject token, or a subject that is not gristmill's."""
+
+
+def check_token(what: str, value: str) -> str:
+    """`value` if it can be one subject token: lower-case letters, digits, '_' and '-',
+    at most 64 characters (no '.', '*', '>' or spaces, which NATS gives meaning)."""
+    if not _TOKEN.fullmatch(value):
+        raise SubjectError(
+            f"{what} {value!r} cannot be used in a subject: use 1-64 lower-case letters, "
+            f"digits, '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def task_subject(team: str, job: str, step: str) -> str:
+    """Where the manifests of `step` of `job` are published."""
+    return ".".join(
+        (
+            PREFIX,
+            check_token("team", team),
+            "task",
+            check_token("job", job),
+            check_token("step", step),
+        )
+    )
+
+
+def event_subject(team: str, job: str, kind: str) -> str:
+    """Where events of `kind` about `job` are published."""
+    return ".".join(
+        (
+            PREFIX,
+            check_token("team", team),
+            "event",
+            check_token("job", job),
+            check_token("event kind", kind),
+        )
+    )
+
+
+def api_subject(team: str, verb: str) -> str:
+    """Where a team's requests for `verb` go."""
+    return ".".join((PREFIX, check_token("team", team), "api", check_token("verb", verb)))
+
+
+def team_subjects(team: str) -> str:
+    """Every subject a team owns (`gm.<team>.>`), for its permissions and streams."""
+    return f"{PREFIX}.{check_token('team', team)}.>"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A parsed gristmill subject."""
+
+    team: str
+    kind: Kind
+    job: str | None = None
+    step: str | None = None
+    event: str | None = None
+    verb: str | None = None
+
+
+def parse_subject(subject: str) -> Subject:
+    """The parts of a subject built by this module; anything else is an error naming it."""
+    parts = subject.split(".")
+    shapes = {"task": 5, "event": 5, "api": 4}
+    if (
+        len(parts) < 3
+        or parts[0] != PREFIX
+        or parts[2] not in shapes
+        or len(parts) != shapes[parts[2]]
+    ):
+        raise SubjectError(f"not a gristmill subject: {subject!r}")
+    for part in parts[1:]:
+        check_token("subject token", part)
+    team, kind = parts[1], parts[2]
+    if kind == "task":
+        return Subject(team, "task", job=parts[3], step=parts[4])
+    if kind == "event":
+        return Subject(team, "event", job=parts[3], event=parts[4])
+    return Subject(team, "api", verb=parts[3])
