@@ -21,7 +21,7 @@ from gristmill.bus import (
     task_subject,
     team_subjects,
 )
-from gristmill.bus.subjects import Subject, SubjectError
+from gristmill.bus.subjects import Subject, SubjectError, dlq_subject
 
 SHA = "a" * 64
 
@@ -37,6 +37,8 @@ def test_subjects_parse_back_to_their_parts() -> None:
     assert parse_subject("gm.web.task.job-1.s0") == Subject("web", "task", job="job-1", step="s0")
     assert parse_subject("gm.web.event.job-1.job_state") == Subject("web", "event", job="job-1", event="job_state")  # fmt: skip
     assert parse_subject("gm.web.api.status") == Subject("web", "api", verb="status")
+    assert dlq_subject("web", "job-1", "s0") == "gm.web.dlq.job-1.s0"
+    assert parse_subject("gm.web.dlq.job-1.s0") == Subject("web", "dlq", job="job-1", step="s0")
 
 
 @pytest.mark.parametrize("bad", ["Web", "a.b", "a*", ">", "", "has space", "-lead", "x" * 65])

@@ -3,6 +3,7 @@
     gm.<team>.task.<job>.<step>     task manifests of one step of one job
     gm.<team>.event.<job>.<kind>    what happened (task_done, task_failed, job_state, ...)
     gm.<team>.api.<verb>            requests (submit, status, ...)
+    gm.<team>.dlq.<job>.<step>      tasks that failed their last attempt, with the error
 
 A team owns `gm.<team>.>`: its NATS user may reach nothing else.
 """
@@ -20,6 +21,7 @@ __all__ = [
     "Subject",
     "api_subject",
     "check_token",
+    "dlq_subject",
     "event_subject",
     "parse_subject",
     "task_subject",
@@ -29,7 +31,7 @@ __all__ = [
 PREFIX = "gm"
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
-Kind = Literal["task", "event", "api"]
+Kind = Literal["task", "event", "api", "dlq"]
 
 
 class SubjectError(GristmillError, ValueError):
@@ -73,6 +75,19 @@ def event_subject(team: str, job: str, kind: str) -> str:
     )
 
 
+def dlq_subject(team: str, job: str, step: str) -> str:
+    """Where tasks of `step` of `job` that failed their last attempt go."""
+    return ".".join(
+        (
+            PREFIX,
+            check_token("team", team),
+            "dlq",
+            check_token("job", job),
+            check_token("step", step),
+        )
+    )
+
+
 def api_subject(team: str, verb: str) -> str:
     """Where a team's requests for `verb` go."""
     return ".".join((PREFIX, check_token("team", team), "api", check_token("verb", verb)))
@@ -98,7 +113,7 @@ class Subject:
 def parse_subject(subject: str) -> Subject:
     """The parts of a subject built by this module; anything else is an error naming it."""
     parts = subject.split(".")
-    shapes = {"task": 5, "event": 5, "api": 4}
+    shapes = {"task": 5, "event": 5, "api": 4, "dlq": 5}
     if (
         len(parts) < 3
         or parts[0] != PREFIX
@@ -113,4 +128,6 @@ def parse_subject(subject: str) -> Subject:
         return Subject(team, "task", job=parts[3], step=parts[4])
     if kind == "event":
         return Subject(team, "event", job=parts[3], event=parts[4])
+    if kind == "dlq":
+        return Subject(team, "dlq", job=parts[3], step=parts[4])
     return Subject(team, "api", verb=parts[3])

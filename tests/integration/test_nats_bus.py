@@ -1,0 +1,111 @@
+"""The bus on a real nats-server: embedded start/stop, the team layout created idempotently,
+and the JetStream behaviours the service relies on (dedup by Nats-Msg-Id, work-queue delivery,
+first-writer-wins done records)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import RetentionPolicy
+from nats.js.errors import KeyWrongLastSequenceError
+
+from gristmill.bus import DataRef, TaskManifest, task_subject
+from gristmill.bus.streams import StreamLimits, TeamLayout, ensure_layout
+from gristmill.bus.subjects import dlq_subject
+from gristmill.nats_server import EmbeddedNats
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    with EmbeddedNats(tmp_path / "state") as running:
+        yield running
+
+
+def _manifest(task_id: str) -> TaskManifest:
+    ref = DataRef(uri=f"file:///s/{task_id}.task", rows=1, bytes=10, sha256="b" * 64)
+    return TaskManifest(job="job1", step=0, step_name="reader", task_id=task_id, inputs=[ref])
+
+
+def test_embedded_server_writes_its_store_under_the_state_dir_and_stops(tmp_path: Path) -> None:
+    nats_ = EmbeddedNats(tmp_path / "state").start()
+    try:
+        assert nats_.url.startswith("nats://127.0.0.1:")
+        assert (tmp_path / "state" / "nats.conf").read_text().count("max_payload: 8MB") == 1
+        with socket.create_connection(("127.0.0.1", nats_.port), timeout=2):
+            pass
+        assert (tmp_path / "state" / "jetstream").is_dir()
+    finally:
+        nats_.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", nats_.port), timeout=2)
+
+
+def test_layout_is_created_idempotently_with_its_limits(server: EmbeddedNats) -> None:
+    layout = TeamLayout("web-team")
+    limits = StreamLimits(max_bytes=64 << 20, max_age_s=3600, duplicate_window_s=30)
+
+    async def scenario() -> None:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        await ensure_layout(js, layout, limits)
+        await ensure_layout(js, layout, limits)  # a second service start changes nothing
+        info = await js.stream_info("GM_WEB_TEAM_TASKS")
+        assert info.config.subjects == ["gm.web-team.task.>"]
+        assert info.config.retention == RetentionPolicy.WORK_QUEUE
+        assert info.config.max_bytes == 64 << 20
+        assert info.config.duplicate_window == 30
+        assert (await js.stream_info("GM_WEB_TEAM_DLQ")).config.subjects == ["gm.web-team.dlq.>"]
+        await ensure_layout(js, layout, StreamLimits(max_bytes=128 << 20))
+        assert (await js.stream_info("GM_WEB_TEAM_TASKS")).config.max_bytes == 128 << 20
+        for purpose in ("jobs", "done", "assignments"):
+            await js.key_value(f"gm_web_team_{purpose}")
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_repeated_publish_with_the_same_msg_id_is_stored_once(server: EmbeddedNats) -> None:
+    async def scenario() -> None:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        await ensure_layout(js, TeamLayout("web"))
+        subject = task_subject("web", "job1", "s0")
+        payload = _manifest("t1").to_json()
+        first = await js.publish(subject, payload, headers={"Nats-Msg-Id": "job1/s0/t1"})
+        again = await js.publish(subject, payload, headers={"Nats-Msg-Id": "job1/s0/t1"})
+        assert not first.duplicate
+        assert again.duplicate
+        assert (await js.stream_info("GM_WEB_TASKS")).state.messages == 1
+        subscription = await js.pull_subscribe(subject, durable="s0", stream="GM_WEB_TASKS")
+        [message] = await subscription.fetch(1, timeout=5)
+        assert TaskManifest.from_json(message.data) == _manifest("t1")
+        assert message.metadata.num_delivered == 1
+        await message.ack()
+        await js.publish(dlq_subject("web", "job1", "s0"), payload)
+        assert (await js.stream_info("GM_WEB_DLQ")).state.messages == 1
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_done_record_is_first_writer_wins(server: EmbeddedNats) -> None:
+    async def scenario() -> None:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        layout = TeamLayout("web")
+        await ensure_layout(js, layout)
+        done = await js.key_value(layout.bucket("done"))
+        await done.create("job1.s0.t1", b"worker-a")
+        with pytest.raises(KeyWrongLastSequenceError):
+            await done.create("job1.s0.t1", b"worker-b")
+        assert (await done.get("job1.s0.t1")).value == b"worker-a"
+        await client.close()
+
+    asyncio.run(scenario())
