@@ -46,11 +46,11 @@ def test_a_ray_the_user_started_is_left_running() -> None:
 
 
 OTHER_RAY = """
-import sys, time, ray
+import signal, sys, ray
 ray.init(num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1], log_to_driver=False)
 print(ray.get_runtime_context().gcs_address, flush=True)
 try:
-    time.sleep(600)
+    signal.pause()  # until the test sends SIGINT
 except KeyboardInterrupt:
     ray.shutdown()
 """

@@ -49,48 +49,29 @@ def check_token(what: str, value: str) -> str:
     return value
 
 
+def _subject(team: str, kind: str, *named: tuple[str, str]) -> str:
+    tokens = [check_token(what, value) for what, value in named]
+    return ".".join((PREFIX, check_token("team", team), kind, *tokens))
+
+
 def task_subject(team: str, job: str, step: str) -> str:
     """Where the manifests of `step` of `job` are published."""
-    return ".".join(
-        (
-            PREFIX,
-            check_token("team", team),
-            "task",
-            check_token("job", job),
-            check_token("step", step),
-        )
-    )
+    return _subject(team, "task", ("job", job), ("step", step))
 
 
 def event_subject(team: str, job: str, kind: str) -> str:
     """Where events of `kind` about `job` are published."""
-    return ".".join(
-        (
-            PREFIX,
-            check_token("team", team),
-            "event",
-            check_token("job", job),
-            check_token("event kind", kind),
-        )
-    )
+    return _subject(team, "event", ("job", job), ("event kind", kind))
 
 
 def dlq_subject(team: str, job: str, step: str) -> str:
     """Where tasks of `step` of `job` that failed their last attempt go."""
-    return ".".join(
-        (
-            PREFIX,
-            check_token("team", team),
-            "dlq",
-            check_token("job", job),
-            check_token("step", step),
-        )
-    )
+    return _subject(team, "dlq", ("job", job), ("step", step))
 
 
 def api_subject(team: str, verb: str) -> str:
     """Where a team's requests for `verb` go."""
-    return ".".join((PREFIX, check_token("team", team), "api", check_token("verb", verb)))
+    return _subject(team, "api", ("verb", verb))
 
 
 def team_subjects(team: str) -> str:
