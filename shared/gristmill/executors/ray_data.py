@@ -21,7 +21,7 @@ from gristmill.executors.base import BaseExecutor, prepare_initial_tasks
 from gristmill.executors.gpus import gpu_memory_gb
 from gristmill.executors.placement import fit_cpus, gpu_request
 from gristmill.executors.ray_cluster import original_error, ray_session
-from gristmill.stages import NodeInfo, ProcessingStage, WorkerMetadata, run_stage
+from gristmill.stages import FusedStage, NodeInfo, ProcessingStage, WorkerMetadata, run_stage
 from gristmill.tasks import Task
 from gristmill.tasks.registry import registered_task_types
 
@@ -43,7 +43,9 @@ def decode(table: pa.Table) -> list[Task[Any]]:
 
 def _needs_actor(stage: AnyStage) -> bool:
     """Whether the stage keeps state set up before its first task (so it needs a long-lived
-    actor rather than a task per batch)."""
+    actor rather than a task per batch). A fused step needs one when any member does."""
+    if isinstance(stage, FusedStage):
+        return any(_needs_actor(member) for member in stage.members)
     cls = type(stage)
     return (
         cls.setup is not ProcessingStage.setup
@@ -84,6 +86,7 @@ class _Worker:
 
 
 def _run_batch(batch: pa.Table, stage: AnyStage, task_types: list[type[Any]]) -> pa.Table:
+    """Run one step's stage on a batch of serialised tasks, as a stateless Ray task."""
     return encode(run_stage(stage, decode(batch)))
 
 
@@ -91,7 +94,7 @@ class RayDataExecutor(BaseExecutor):
     """Runs on Ray Data. Config keys:
 
     - `actor_pool_size`: actors per step that sets something up (default: the stage's
-      `num_workers()`, else 1);
+      `num_workers()`, else a pool that grows from one actor to as many as its CPU share fits);
     - `fit_cpus`: shrink CPU requests proportionally when the steps together ask for more CPUs
       than the cluster can give while leaving room for Ray Data's own work (default True).
 
@@ -137,11 +140,10 @@ class RayDataExecutor(BaseExecutor):
                 if gpus:
                     options["num_gpus"] = gpus
                 if _needs_actor(stage):
-                    size = int(self.config.get("actor_pool_size", stage.num_workers() or 1))
                     dataset = dataset.map_batches(
                         _Worker,
                         fn_constructor_args=(stage, task_types, run_id, step),
-                        compute=ray.data.ActorPoolStrategy(size=size),
+                        compute=self._pool(stage, stage_cpus, cluster.get("CPU", 1.0)),
                         **options,
                     )
                 else:
@@ -149,8 +151,17 @@ class RayDataExecutor(BaseExecutor):
                         _run_batch, fn_kwargs={"stage": stage, "task_types": task_types}, **options
                     )
             try:
-                rows = dataset.take_all()
+                rows = dataset.take_all()  # the dataset runs here
             except Exception as exc:
                 raise original_error(exc) from exc
         outputs: list[Task[Any]] = [Task.from_bytes(row[COLUMN]) for row in rows]
         return sorted(outputs, key=lambda t: t.task_id)
+
+    def _pool(self, stage: AnyStage, stage_cpus: float, cluster_cpus: float) -> Any:
+        import ray.data
+
+        pinned = self.config.get("actor_pool_size") or stage.num_workers()
+        if pinned:
+            return ray.data.ActorPoolStrategy(size=int(pinned))
+        most = max(1, int(cluster_cpus // max(stage_cpus, 0.01)))
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=most)
