@@ -1,6 +1,7 @@
 """The store: task payloads at deterministic paths under an fsspec root.
 
 A task is written once to `<root>/<team>/<job>/<step>/<task_id>.task` (its `to_bytes()`),
+and code sent by value to `<root>/<team>/_code/<sha256>.json`,
 through a temporary name and a rename, and described by a `DataRef` with its size and SHA-256.
 Writing the same task again writes the same bytes to the same place, so a retried step never
 leaves a second copy; reading checks the SHA-256, so a damaged or half-copied file is an error,
@@ -31,7 +32,7 @@ class TaskStore:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
 
-    def path_for(self, team: str, job: str, step: int, task_id: str) -> str:
+    def path_for(self, team: str, job: str, step: int | str, task_id: str) -> str:
         """Where a task of a step of a job lives."""
         check_token("team", team)
         check_token("job", job)
@@ -39,7 +40,7 @@ class TaskStore:
             raise StoreError(f"task id {task_id!r} cannot name a file")
         return fs.join(self.root, f"{team}/{job}/{step}/{task_id}.task")
 
-    def put(self, team: str, job: str, step: int, task: Task[Any]) -> DataRef:
+    def put(self, team: str, job: str, step: int | str, task: Task[Any]) -> DataRef:
         """Write `task` (atomically) and describe it."""
         payload = task.to_bytes()
         uri = self.path_for(team, job, step, task.task_id)
@@ -64,3 +65,26 @@ class TaskStore:
                 f"({len(payload)} bytes, expected {ref.bytes}; checksum differs)"
             )
         return Task.from_bytes(payload)
+
+    def code_path(self, team: str, sha256: str) -> str:
+        """Where a team's code blob `sha256` lives."""
+        check_token("team", team)
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise StoreError(f"{sha256!r} is not a SHA-256")
+        return fs.join(self.root, f"{team}/_code/{sha256}.json")
+
+    def put_code(self, team: str, sha256: str, payload: bytes) -> None:
+        """Store a code blob (content-addressed: storing it again changes nothing)."""
+        if hashlib.sha256(payload).hexdigest() != sha256:
+            raise StoreError(f"code blob does not match its SHA-256 {sha256[:12]}")
+        uri = self.code_path(team, sha256)
+        if not fs.exists(uri):
+            with fs.atomic_write(uri) as handle:
+                handle.write(payload)
+
+    def get_code(self, team: str, sha256: str) -> bytes:
+        """A code blob's bytes (checked by whoever parses them)."""
+        try:
+            return fs.read_bytes(self.code_path(team, sha256))
+        except FileNotFoundError as exc:
+            raise StoreError(f"code {sha256[:12]} is not in the store of team {team}") from exc

@@ -8,10 +8,15 @@ import re
 import pytest
 
 from gristmill.bus import (
+    ApiReply,
     DataRef,
+    DeadLetter,
     JobSpec,
+    JobStarted,
     JobState,
     MessageError,
+    StatusQuery,
+    StepInfo,
     TaskDone,
     TaskFailed,
     TaskManifest,
@@ -70,6 +75,7 @@ def test_messages_round_trip_through_json_with_their_schema_version() -> None:
             step=1,
             task_id="t",
             outputs=[_ref()],
+            output_ids=["c1"],
             items_in=3,
             items_out=2,
             items_dropped=1,
@@ -78,7 +84,22 @@ def test_messages_round_trip_through_json_with_their_schema_version() -> None:
         ),
         TaskFailed(job="j1", step=1, task_id="t", error="ValueError: x", attempts=5),
         JobState(job="j1", state="completed_with_failures", tasks_failed=1),
-        JobSpec(team="web", pipeline={"name": "p", "stages": []}, output="/out"),
+        JobSpec(team="web", request_id="r1", pipeline={"name": "p", "stages": []}, output="/o"),
+        JobStarted(
+            job="j1",
+            team="web",
+            pipeline="p",
+            steps=[StepInfo(name="reader", pool="cpu")],
+            first_step=0,
+            initial=["t1"],
+            submitted_at=1.0,
+        ),
+        DeadLetter(
+            manifest=manifest,
+            failure=TaskFailed(job="j1", step=0, task_id="t1", error="E: x", attempts=2),
+        ),
+        ApiReply(ok=False, error="no"),
+        StatusQuery(job="j1"),
     ):
         assert type(message).from_json(message.to_json()) == message
 
@@ -99,7 +120,9 @@ def test_unknown_fields_bad_checksums_and_bad_names_are_refused() -> None:
     with pytest.raises(MessageError, match=r"invalid DataRef: sha256: String should match pattern"):
         DataRef.from_json(json.dumps({**payload, "sha256": "xyz"}))
     with pytest.raises(MessageError, match=r"invalid JobSpec: team: Value error, team 'Web Team' cannot be used in a subject"):  # fmt: skip
-        JobSpec.from_json(json.dumps({"team": "Web Team", "pipeline": {}, "output": "/o"}))
+        JobSpec.from_json(json.dumps({"team": "Web Team", "request_id": "r", "pipeline": {}}))
+    with pytest.raises(MessageError, match=r"invalid JobSpec: \(message\): Value error, initial has 1 tasks but initial_ids 0"):  # fmt: skip
+        JobSpec.from_json(json.dumps({"team": "web", "request_id": "r", "pipeline": {}, "initial": [json.loads(_ref().to_json())]}))  # fmt: skip
     with pytest.raises(MessageError, match=r"invalid TaskManifest: \(message\): Invalid JSON"):
         TaskManifest.from_json(b"{not json")
 

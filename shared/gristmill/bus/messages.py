@@ -7,21 +7,35 @@ loudly instead of misreading fields. Data travels in the store; messages carry `
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ApiReply",
     "DataRef",
+    "DeadLetter",
     "JobOptions",
     "JobSpec",
+    "JobStarted",
     "JobState",
     "Message",
     "MessageError",
+    "StatusQuery",
+    "StepCounts",
+    "StepInfo",
     "TaskDone",
     "TaskFailed",
     "TaskManifest",
@@ -84,22 +98,76 @@ class JobOptions(Message):
 
     max_deliver: int = Field(5, ge=1, le=100)
     ack_wait_s: float = Field(60.0, gt=0)
-    trusted_code: bool = False
+    retry_backoff_s: float = Field(1.0, ge=0)
+    fuse: bool = True
 
 
 class JobSpec(Message):
-    """A submission: which team, what pipeline (a spec naming registered stages), on what."""
+    """A submission: which team, what pipeline, on what.
+
+    `request_id` names the submission: the job id derives from it, so a client that retries a
+    submission (after a lost reply) gets the same job, not a second one. `pipeline` is a spec
+    naming registered stages; an entry with `code` names a class in the submitter's own module,
+    stored by value in the store (`code` lists those modules), which only a service that trusts
+    the submitter runs. `inputs` fill the first stage's `file_paths` and `output` the last
+    stage's `path`; `initial` are tasks the submitter stored itself, to start from.
+    """
 
     team: str
+    request_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     pipeline: dict[str, Any]
     inputs: list[str] = Field(default_factory=list)
-    output: str
+    output: str | None = None
+    initial: list[DataRef] = Field(default_factory=list)
+    initial_ids: list[str] = Field(default_factory=list)
+    code: list[str] = Field(default_factory=list)
     options: JobOptions = Field(default_factory=lambda: JobOptions())
 
     @field_validator("team")
     @classmethod
     def _team_token(cls, team: str) -> str:
         return check_token("team", team)
+
+    @model_validator(mode="after")
+    def _initial_named(self) -> Self:
+        if len(self.initial) != len(self.initial_ids):
+            raise ValueError(
+                f"initial has {len(self.initial)} tasks but initial_ids {len(self.initial_ids)}"
+            )
+        return self
+
+    @field_validator("code")
+    @classmethod
+    def _code_hashes(cls, code: list[str]) -> list[str]:
+        for sha in code:
+            if not re.fullmatch(_SHA256, sha):
+                raise ValueError(f"code {sha!r} is not a SHA-256")
+        return code
+
+
+class StepInfo(Message):
+    """One physical step of a job's plan, as the service schedules it."""
+
+    name: str
+    pool: Literal["cpu", "gpu"]
+    gpus: float = Field(0.0, ge=0)
+    gpu_memory_gb: float = Field(0.0, ge=0)
+
+
+class JobStarted(Message):
+    """The planner accepted a job: its steps, and the tasks it published first.
+
+    Steps before `first_step` ran in the planner (listing and grouping input files); `initial`
+    are the ids of the tasks published to `first_step`, in order.
+    """
+
+    job: str
+    team: str
+    pipeline: str
+    steps: list[StepInfo]
+    first_step: int = Field(ge=0)
+    initial: list[str]
+    submitted_at: float
 
 
 class TaskManifest(Message):
@@ -126,6 +194,7 @@ class TaskDone(Message):
     step: int = Field(ge=0)
     task_id: str
     outputs: list[DataRef]
+    output_ids: list[str]
     items_in: int = Field(ge=0)
     items_out: int = Field(ge=0)
     items_dropped: int = Field(ge=0)
@@ -146,14 +215,59 @@ class TaskFailed(Message):
     worker: str = ""
 
 
+class ApiReply(Message):
+    """The answer to a request on `gm.<team>.api.<verb>`: `ok` with a `job` and/or `data`, or
+    not ok with an `error` a person can act on."""
+
+    ok: bool
+    job: str | None = None
+    error: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusQuery(Message):
+    """A request on `gm.<team>.api.status`: one job, or every job when `job` is None."""
+
+    job: str | None = None
+
+
+class DeadLetter(Message):
+    """What the dead-letter stream keeps of a task that failed its last attempt."""
+
+    manifest: TaskManifest
+    failure: TaskFailed
+
+
+class StepCounts(Message):
+    """Progress of one step of a job."""
+
+    name: str
+    published: int = Field(0, ge=0)
+    done: int = Field(0, ge=0)
+    failed: int = Field(0, ge=0)
+    items_in: int = Field(0, ge=0)
+    items_out: int = Field(0, ge=0)
+    items_dropped: int = Field(0, ge=0)
+
+
 class JobState(Message):
-    """Where a job stands."""
+    """Where a job stands; `steps` counts per step (empty before the planner's start event)."""
 
     job: str
     state: Literal["pending", "running", "completed", "completed_with_failures", "failed"]
+    pipeline: str = ""
     tasks_published: int = Field(0, ge=0)
     tasks_done: int = Field(0, ge=0)
     tasks_failed: int = Field(0, ge=0)
     items_in: int = Field(0, ge=0)
     items_out: int = Field(0, ge=0)
     items_dropped: int = Field(0, ge=0)
+    steps: list[StepCounts] = Field(default_factory=list)
+    submitted_at: float = 0.0
+    finished_at: float | None = None
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job will change no more (short of a dead-letter retry)."""
+        return self.state in ("completed", "completed_with_failures", "failed")

@@ -21,7 +21,9 @@ __all__ = [
     "Subject",
     "api_subject",
     "check_token",
+    "dlq_filter",
     "dlq_subject",
+    "event_filter",
     "event_subject",
     "parse_subject",
     "task_subject",
@@ -72,6 +74,16 @@ def dlq_subject(team: str, job: str, step: str) -> str:
 def api_subject(team: str, verb: str) -> str:
     """Where a team's requests for `verb` go."""
     return _subject(team, "api", ("verb", verb))
+
+
+def event_filter(team: str, job: str | None = None) -> str:
+    """Every event of the team, or of one of its jobs (a subscription filter)."""
+    return f"{PREFIX}.{check_token('team', team)}.event.{check_token('job', job) if job else '*'}.>"
+
+
+def dlq_filter(team: str, job: str | None = None) -> str:
+    """Every dead letter of the team, or of one of its jobs (a subscription filter)."""
+    return f"{PREFIX}.{check_token('team', team)}.dlq.{check_token('job', job) if job else '*'}.>"
 
 
 def team_subjects(team: str) -> str:

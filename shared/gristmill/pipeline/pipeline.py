@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any, Self
 import yaml
 
 from gristmill.pipeline.plan import PhysicalPlan, build_plan
-from gristmill.pipeline.spec import PipelineSpec, load_spec, stage_from_spec, stage_to_spec
+from gristmill.pipeline.spec import (
+    ClassLoader,
+    PipelineSpec,
+    load_spec,
+    stage_from_spec,
+    stage_to_spec,
+)
 from gristmill.stages import ProcessingStage
 from gristmill.tasks import Task
 
@@ -71,10 +77,17 @@ class Pipeline:
         return executor.execute(plan.physical_stages(), initial_tasks)
 
     @classmethod
-    def from_spec(cls, source: PipelineSpec | dict[str, Any] | str | Path) -> Pipeline:
-        """Build a pipeline from a spec dict or a YAML file naming registered stages."""
+    def from_spec(
+        cls,
+        source: PipelineSpec | dict[str, Any] | str | Path,
+        load_class: ClassLoader | None = None,
+    ) -> Pipeline:
+        """Build a pipeline from a spec dict or a YAML file naming registered stages (and, with
+        `load_class`, classes shipped by value: see `gristmill.pipeline.portable`)."""
         spec = load_spec(source)
-        stages = [stage_from_spec(s, position) for position, s in enumerate(spec.stages, 1)]
+        stages = [
+            stage_from_spec(s, position, load_class) for position, s in enumerate(spec.stages, 1)
+        ]
         return cls(spec.name, stages, description=spec.description)
 
     def to_spec(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ class StageSpec(BaseModel):
     stage: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    # Set when the class travels by value: the SHA-256 of the submitter's module that defines
+    # it (see `gristmill.pipeline.portable`), and then `stage` is the class's qualified name.
+    code: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class PipelineSpec(BaseModel):
@@ -60,6 +64,8 @@ class PipelineSpec(BaseModel):
                 entry["params"] = stage.params
             if stage.with_:
                 entry["with"] = stage.with_
+            if stage.code:
+                entry["code"] = stage.code
             raw["stages"].append(entry)
         return raw
 
@@ -93,10 +99,26 @@ def load_spec(source: PipelineSpec | dict[str, Any] | str | Path) -> PipelineSpe
         raise SpecError(f"{origin}: {_explain(exc)}") from exc
 
 
-def stage_from_spec(spec: StageSpec, position: int) -> AnyStage:
-    """Build the stage a spec entry describes; errors name its position and stage."""
-    cls = get_stage_class(spec.stage)
+ClassLoader = Callable[[str, str], type]
+
+
+def stage_from_spec(
+    spec: StageSpec, position: int, load_class: ClassLoader | None = None
+) -> AnyStage:
+    """Build the stage a spec entry describes; errors name its position and stage.
+
+    An entry with `code` needs `load_class(code, qualname)`, which only a caller that trusts
+    the submitter's code provides; without it such an entry is refused."""
     label = f"stage #{position} '{spec.stage}'"
+    if spec.code is None:
+        cls = get_stage_class(spec.stage)
+    elif load_class is None:
+        raise SpecError(
+            f"{label} is the submitter's own class (code {spec.code[:12]}), not a registered "
+            f"stage; this service runs registered stages only"
+        )
+    else:
+        cls = load_class(spec.code, spec.stage)
     try:
         validated = _params_model(cls).model_validate(spec.params)
     except ValidationError as exc:
@@ -120,11 +142,12 @@ def stage_from_spec(spec: StageSpec, position: int) -> AnyStage:
         raise StageParamsError(f"{label}: bad 'with': {exc}") from exc
 
 
-def stage_to_spec(stage: AnyStage) -> StageSpec:
-    """The spec entry that rebuilds `stage`: its registry name, the parameters that differ from
-    their defaults, and the settings that differ from what its constructor gives."""
+def stage_to_spec(stage: AnyStage, code: str | None = None) -> StageSpec:
+    """The spec entry that rebuilds `stage`: its registry name (or, with `code`, its class's
+    qualified name in that module), the parameters that differ from their defaults, and the
+    settings that differ from what its constructor gives."""
     cls = type(stage)
-    name = stage_registry_name(cls)
+    name = cls.__qualname__ if code else stage_registry_name(cls)
     params = stage.get_params()
     signature = init_signature(cls).parameters
     params = {
@@ -146,7 +169,9 @@ def stage_to_spec(stage: AnyStage) -> StageSpec:
         value = getattr(stage, setting)
         if value != getattr(fresh, setting):
             overrides[setting] = value.to_dict() if isinstance(value, Resources) else value
-    return StageSpec.model_validate({"stage": name, "params": params, "with": overrides})
+    return StageSpec.model_validate(
+        {"stage": name, "params": params, "with": overrides, "code": code}
+    )
 
 
 @functools.cache

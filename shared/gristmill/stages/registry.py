@@ -8,7 +8,8 @@ Specs and messages carry only these names, never import strings.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, overload
 
@@ -18,8 +19,10 @@ from gristmill.stages.base import ProcessingStage
 __all__ = [
     "ENTRY_POINT_GROUP",
     "get_stage_class",
+    "installed_stage_name",
     "register_stage",
     "registered_stage_names",
+    "scratch_registrations",
     "stage_registry_name",
 ]
 
@@ -93,14 +96,37 @@ def stage_registry_name(cls: type) -> str:
     """The name `cls` is registered under, for writing specs."""
     if cls in _BY_CLASS:
         return _BY_CLASS[cls]
+    name = installed_stage_name(cls)
+    if name is not None:
+        return name
+    raise StageRegistryError(
+        f"stage class {_path(cls)} is not registered, so a spec cannot name it; "
+        f"decorate it with @register_stage or expose it in the '{ENTRY_POINT_GROUP}' entry points"
+    )
+
+
+def installed_stage_name(cls: type) -> str | None:
+    """The entry-point name of `cls` when an installed distribution exposes it (what every
+    process of a deployment can load by name), else None."""
     path = _path(cls)
     for name, points in _entry_points().items():
         if any(p.value == path or _already_loaded(p) is cls for p in points):
             return name
-    raise StageRegistryError(
-        f"stage class {path} is not registered, so a spec cannot name it; "
-        f"decorate it with @register_stage or expose it in the '{ENTRY_POINT_GROUP}' entry points"
-    )
+    return None
+
+
+@contextmanager
+def scratch_registrations() -> Iterator[None]:
+    """Forget, on leaving, the names registered inside the block (code loaded by value
+    registers its classes as it runs; those names must not claim this process's registry)."""
+    by_name, by_class = dict(_BY_NAME), dict(_BY_CLASS)
+    try:
+        yield
+    finally:
+        _BY_NAME.clear()
+        _BY_NAME.update(by_name)
+        _BY_CLASS.clear()
+        _BY_CLASS.update(by_class)
 
 
 def _already_loaded(point: EntryPoint) -> object:

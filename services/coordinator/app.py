@@ -1,0 +1,19 @@
+"""The coordinator as a FastStream application (`python -m services.coordinator`)."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+
+from gristmill.config import ServiceSettings
+from services.coordinator.service import CoordinatorService
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: ServiceSettings) -> FastStream:
+    """A FastStream app running the coordinator for `settings.teams`."""
+    service = CoordinatorService(settings)
+    app = FastStream(service.broker)
+    app.after_startup(service.after_start)
+    app.on_shutdown(service.before_stop)
+    return app

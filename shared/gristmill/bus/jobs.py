@@ -1,0 +1,84 @@
+"""Names the services agree on beyond subjects: job ids, KV keys, consumer names and the
+`Nats-Msg-Id`s that make every publish repeatable. All deterministic, so a step killed at any
+instruction and run again writes the same keys and publishes the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from pydantic import Field
+
+from gristmill.bus.messages import JobSpec, Message, StepInfo
+from gristmill.bus.subjects import check_token
+
+__all__ = [
+    "JobRecord",
+    "assignment_key",
+    "consumer_name",
+    "done_key",
+    "job_id_for",
+    "job_key",
+    "msg_id",
+    "state_key",
+    "worker_key",
+]
+
+
+_KEY_SAFE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class JobRecord(Message):
+    """What the planner stores for a job (jobs bucket, `job_key`): the accepted spec, with
+    `inputs` and `output` already written into the pipeline, and its steps."""
+
+    job: str
+    spec: JobSpec
+    steps: list[StepInfo]
+    first_step: int = Field(ge=0)
+    fingerprint: str
+
+
+def job_id_for(team: str, request_id: str) -> str:
+    """The job a submission becomes: the same request id always names the same job."""
+    digest = hashlib.sha256(f"{check_token('team', team)}\0{request_id}".encode()).hexdigest()
+    return f"j{digest[:15]}"
+
+
+def job_key(job: str) -> str:
+    """Jobs bucket: the job's record."""
+    return f"job.{check_token('job', job)}"
+
+
+def state_key(job: str) -> str:
+    """Jobs bucket: the job's latest `JobState` (written by the coordinator)."""
+    return f"state.{check_token('job', job)}"
+
+
+def done_key(job: str, step: int, task_id: str) -> str:
+    """Done bucket: the record of a finished task."""
+    safe = task_id if _KEY_SAFE.fullmatch(task_id) else hashlib.sha256(task_id.encode()).hexdigest()
+    return f"{check_token('job', job)}.{step}.{safe}"
+
+
+def worker_key(worker: str) -> str:
+    """Assignments bucket: a worker's heartbeat (its pool and slots)."""
+    return f"worker.{check_token('worker', worker)}"
+
+
+def assignment_key(worker: str) -> str:
+    """Assignments bucket: the steps a worker should pull (written by the coordinator)."""
+    return f"assign.{check_token('worker', worker)}"
+
+
+def consumer_name(job: str, step: int) -> str:
+    """The durable pull consumer of one step of one job."""
+    return f"{check_token('job', job)}_s{step}"
+
+
+def msg_id(kind: str, job: str, step: int, task_id: str, attempt: int | None = None) -> str:
+    """The `Nats-Msg-Id` of a publish about one task (a repeat inside the duplicate window is
+    dropped by the stream)."""
+    tail = "" if attempt is None else f".{attempt}"
+    return f"{kind}.{job}.{step}.{task_id}{tail}"

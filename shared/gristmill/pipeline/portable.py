@@ -1,0 +1,154 @@
+"""Stage and task classes that travel by value, for services that trust the submitter's code.
+
+A pipeline defined in the user's own script names classes no service installed. To run it
+anyway, the submitter sends the *source* of each module defining such a class (a `CodeBlob`:
+the module's name and text, addressed by its SHA-256) and spec entries naming the class by its
+qualified name in that blob. A process that trusts the submitter loads blobs with a
+`CodeLoader`; one that does not is never given a loader, and `stage_from_spec` refuses the
+entries naming the class. Nothing is pickled: the code is the text the user wrote.
+
+Loaded classes keep the module name they had where they were written (`__main__` for a script),
+so the tasks they make encode and decode under the same class path on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gristmill.errors import SpecError
+from gristmill.pipeline.spec import PipelineSpec, stage_to_spec
+from gristmill.stages import ProcessingStage
+from gristmill.stages.registry import installed_stage_name, scratch_registrations
+from gristmill.tasks import Task
+from gristmill.tasks.registry import register_task_type
+
+__all__ = ["CodeBlob", "CodeLoader", "module_blob", "portable_spec", "task_blobs"]
+
+AnyStage = ProcessingStage[Any, Any]
+
+
+@dataclass(frozen=True)
+class CodeBlob:
+    """The source of one module, as sent to a service."""
+
+    module: str
+    source: str
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes (what `sha256` is computed over)."""
+        return json.dumps({"module": self.module, "source": self.source}, sort_keys=True).encode()
+
+    @property
+    def sha256(self) -> str:
+        """The blob's address."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, sha256: str) -> CodeBlob:
+        """Parse a blob, refusing bytes that are not the ones `sha256` names."""
+        if hashlib.sha256(payload).hexdigest() != sha256:
+            raise SpecError(f"code {sha256[:12]}: stored bytes do not match their SHA-256")
+        raw = json.loads(payload)
+        return cls(module=raw["module"], source=raw["source"])
+
+
+def module_blob(module_name: str) -> CodeBlob:
+    """The source of an imported module, or an error saying why it cannot travel."""
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if module is None or not path or not str(path).endswith(".py"):
+        raise SpecError(
+            f"module {module_name!r} has no Python source file, so its classes cannot be sent "
+            f"to the service; define them in a .py file (or register them as installed stages)"
+        )
+    return CodeBlob(module=module_name, source=Path(path).read_text(encoding="utf-8"))
+
+
+def portable_spec(
+    name: str, stages: Iterable[AnyStage], description: str | None = None
+) -> tuple[dict[str, Any], dict[str, CodeBlob]]:
+    """A spec for `stages` any trusting service can run: installed stages by name, the others
+    by class name in a blob of their module's source. Returns the spec and the blobs."""
+    blobs: dict[str, CodeBlob] = {}
+    entries = []
+    for stage in stages:
+        cls = type(stage)
+        if installed_stage_name(cls) is not None:
+            entries.append(stage_to_spec(stage))
+            continue
+        blob = module_blob(cls.__module__)
+        blobs[blob.sha256] = blob
+        entries.append(stage_to_spec(stage, code=blob.sha256))
+    spec = PipelineSpec(name=name, description=description, stages=entries)
+    return spec.to_dict(), blobs
+
+
+def task_blobs(tasks: Iterable[Task[Any]]) -> dict[str, CodeBlob]:
+    """Blobs of the modules defining `tasks`' classes, where gristmill does not define them."""
+    blobs: dict[str, CodeBlob] = {}
+    for module_name in sorted({type(task).__module__ for task in tasks}):
+        if module_name != "gristmill" and not module_name.startswith("gristmill."):
+            blob = module_blob(module_name)
+            blobs[blob.sha256] = blob
+    return blobs
+
+
+class CodeLoader:
+    """Loads blobs (fetched by SHA-256 with `fetch`) into this process, once each.
+
+    Names the loaded code registers as stages are forgotten (specs address its classes by
+    blob and qualified name); its task classes are registered under their original class path.
+    """
+
+    def __init__(self, fetch: Callable[[str], bytes]):
+        self._fetch = fetch
+        self._modules: dict[str, types.ModuleType] = {}
+
+    def module(self, sha256: str) -> types.ModuleType:
+        """The module blob `sha256` defines, loaded on first use."""
+        if sha256 not in self._modules:
+            blob = CodeBlob.from_bytes(self._fetch(sha256), sha256)
+            self._modules[sha256] = _load(blob, sha256)
+        return self._modules[sha256]
+
+    def load_class(self, sha256: str, qualname: str) -> type:
+        """The class `qualname` of blob `sha256` (a `ClassLoader` for `stage_from_spec`)."""
+        found: Any = self.module(sha256)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        if not isinstance(found, type):
+            raise SpecError(f"code {sha256[:12]} defines no class {qualname!r}")
+        return found
+
+
+def _load(blob: CodeBlob, sha256: str) -> types.ModuleType:
+    name = f"_gristmill_code_{sha256[:16]}"
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=f"<code of {blob.module}>")
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # class decorators (dataclass) look their module up while running
+    try:
+        with scratch_registrations():
+            exec(
+                compile(blob.source, f"<{blob.module} (code {sha256[:12]})>", "exec"), vars(module)
+            )
+    except Exception as exc:
+        del sys.modules[name]
+        raise SpecError(
+            f"code {sha256[:12]} (module {blob.module!r}) failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    for value in vars(module).values():
+        if isinstance(value, type) and value.__module__ == name:
+            value.__module__ = blob.module
+            if issubclass(value, Task):
+                register_task_type(value)
+    return module
