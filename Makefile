@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml scripts/find-python shared/gristmill/_native/textscan.c
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray,service]'
 	@touch $(STAMP)
 
+# The quality pipeline over the sample corpus, on the embedded service (started and stopped).
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/gristmill run examples/pipelines/quality.yaml --input examples/data --output out/quality
 
 # GPU tests are deselected here: CI and this machine have no GPU. `make test-gpu` runs them.
 test: $(STAMP)

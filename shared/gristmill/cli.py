@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from gristmill import __version__, fs
+from gristmill import __version__, fs, service_cli
 from gristmill.errors import GristmillError
 from gristmill.pipeline import Pipeline
 from gristmill.stages import registered_stage_names
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     why = commands.add_parser("why", help="say which stage dropped a document, and why")
     why.add_argument("doc_id", help="the document's id (as in its id column, or FILE:LINE)")
     why.add_argument("--drops", required=True, help="a writer's drops_path (directory or URL)")
+    service_cli.add_commands(commands)
     return parser
 
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             print(pipeline.build(fuse=not args.no_fuse).describe())
         elif args.command == "why":
             return _why(args.doc_id, args.drops)
+        elif args.command in service_cli.COMMANDS:
+            return service_cli.run_command(args)
     except GristmillError as exc:
         print(f"gristmill: error: {exc}", file=sys.stderr)
         return 2

@@ -58,6 +58,8 @@ class EmbeddedService:
         self.start_timeout_s = start_timeout_s
         self.nats: EmbeddedNats | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._args: dict[str, list[str]] = {}
+        self._env: dict[str, str] = {}
         self._ray: contextlib.ExitStack | None = None
         self.settings: ServiceSettings | None = None
 
@@ -96,16 +98,14 @@ class EmbeddedService:
         )
         self._ray = contextlib.ExitStack()
         session = self._ray.enter_context(ray_session())
-        env = {**os.environ, **self.settings.env(), "RAY_ADDRESS": session.address}
-        self._spawn("planner", ["services.planner"], env)
-        self._spawn("coordinator", ["services.coordinator"], env)
+        self._env = {**os.environ, **self.settings.env(), "RAY_ADDRESS": session.address}
+        self._spawn("planner", ["services.planner"])
+        self._spawn("coordinator", ["services.coordinator"])
         for index in range(self.workers):
-            args = ["services.worker", "--pool", "cpu", "--slots", str(self.slots)]
-            self._spawn(f"worker-{index}", [*args, "--id", f"cpu-{index}"], env)
+            self.spawn_worker(f"cpu-{index}", "cpu", self.slots, wait=False)
         for index in range(self.gpu_workers):
-            args = ["services.worker", "--pool", "gpu", "--slots", "1", "--id", f"gpu-{index}"]
-            self._spawn(f"gpu-worker-{index}", args, env)
-        asyncio.run(self._wait_ready())
+            self.spawn_worker(f"gpu-{index}", "gpu", 1, wait=False)
+        asyncio.run(self._wait_ready([n for n in self._args if n.startswith(("cpu-", "gpu-"))]))
         record = {
             "nats_url": url,
             "pid": os.getpid(),
@@ -114,28 +114,34 @@ class EmbeddedService:
         }
         (self.state_dir / SERVICE_FILE).write_text(json.dumps(record, indent=2))
 
-    def spawn_worker(self, name: str, pool: str = "cpu", slots: int | None = None) -> None:
-        """Start one more worker process (its id is `name`)."""
-        assert self.settings is not None, "not started"
-        import ray
-
-        address = ray.get_runtime_context().gcs_address
-        env = {**os.environ, **self.settings.env(), "RAY_ADDRESS": address}
+    def spawn_worker(
+        self, name: str, pool: str = "cpu", slots: int | None = None, wait: bool = True
+    ) -> None:
+        """Start a worker process whose id (and process name) is `name`; with `wait`, return
+        once it has joined."""
         args = ["services.worker", "--pool", pool, "--slots", str(slots or self.slots)]
-        self._spawn(name, [*args, "--id", name], env)
+        self._spawn(name, [*args, "--id", name])
+        if wait:
+            asyncio.run(self._wait_ready([name]))
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def restart(self, name: str) -> None:
+        """Start a stopped (or killed) child again, as it was started, and wait for it."""
+        self._spawn(name, self._args[name])
+        asyncio.run(self._wait_ready([name] if name.startswith(("cpu-", "gpu-")) else []))
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        self._args[name] = args
         log_path = self.state_dir / "logs" / f"{name}.log"
         with log_path.open("ab") as log_file:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", *args],
-                env=env,
+                env=self._env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them
             )
 
-    async def _wait_ready(self) -> None:
+    async def _wait_ready(self, workers: list[str]) -> None:
         from gristmill.bus.client import ServiceUnavailable, request
         from gristmill.bus.jobs import worker_key
         from gristmill.bus.streams import TeamLayout
@@ -144,8 +150,6 @@ class EmbeddedService:
         assert self.settings is not None
         client = await ServiceClient.connect(self.settings.nats_url, self.teams[0])
         deadline = time.monotonic() + self.start_timeout_s
-        expected = [f"cpu-{i}" for i in range(self.workers)]
-        expected += [f"gpu-{i}" for i in range(self.gpu_workers)]
         try:
             for verb in ("info", "status"):
                 while True:
@@ -156,7 +160,7 @@ class EmbeddedService:
                     except ServiceUnavailable:
                         await self._pause(deadline, f"the service to answer {verb}")
             kv = await client.js.key_value(TeamLayout(self.teams[0]).bucket("assignments"))
-            for worker in expected:
+            for worker in workers:
                 while True:
                     self._check_alive()
                     with contextlib.suppress(Exception):
@@ -183,14 +187,14 @@ class EmbeddedService:
                 )
 
     def kill(self, name: str) -> None:
-        """SIGKILL one child (for chaos tests) and reap it."""
+        """SIGKILL one child (chaos tests: nothing of it gets to clean up) and reap it."""
         process = self.processes.pop(name)
         process.kill()
         process.wait()
 
     def stop(self) -> None:
         """Stop every child (workers first), NATS and Ray; remove service.json."""
-        order = sorted(self.processes, key=lambda n: ("worker" not in n, n != "coordinator"))
+        order = sorted(self.processes, key=lambda n: {"planner": 1, "coordinator": 2}.get(n, 0))
         for name in order:
             process = self.processes[name]
             if process.poll() is None:

@@ -1,0 +1,352 @@
+"""The service commands of the `gristmill` CLI: up, down, submit, status, dlq, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gristmill.bus import JobOptions, JobSpec, JobState
+from gristmill.client import ServiceClient, new_request_id
+from gristmill.config import SERVICE_FILE, discover_nats_url
+from gristmill.errors import GristmillError
+from gristmill.pipeline.spec import load_spec
+
+__all__ = ["add_commands", "run_command"]
+
+COMMANDS = ("up", "down", "submit", "status", "dlq", "run")
+
+
+def add_commands(commands: Any) -> None:
+    """Add the service commands to the CLI's subparsers."""
+    up = commands.add_parser(
+        "up", help="start the embedded service (NATS, planner, coordinator, workers)"
+    )
+    _service_flags(up)
+    up.add_argument("--detach", action="store_true", help="start in the background and return")
+    down = commands.add_parser("down", help="stop the embedded service `up` started")
+    _state_flag(down)
+    submit = commands.add_parser("submit", help="submit a pipeline spec to the service")
+    _job_flags(submit)
+    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    status = commands.add_parser("status", help="where jobs stand")
+    status.add_argument("job", nargs="?", help="one job (default: all)")
+    _client_flags(status)
+    dlq = commands.add_parser("dlq", help="dead letters: tasks that failed their last attempt")
+    dlq.add_argument("action", choices=("list", "show", "retry"))
+    dlq.add_argument("job", nargs="?", help="only this job's (show/retry: required)")
+    dlq.add_argument("--task", help="show/retry only this task")
+    _client_flags(dlq)
+    run = commands.add_parser("run", help="up (if needed) + submit --wait")
+    _job_flags(run)
+    _service_flags(run, with_state=False)
+    run.add_argument("--keep-up", action="store_true", help="leave a service run started running")
+
+
+def _state_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir", help="the service's state (default: GRISTMILL_STATE_DIR or .gristmill)"
+    )
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    _state_flag(parser)
+    parser.add_argument("--team", default="default", help="the team (default: default)")
+
+
+def _service_flags(parser: argparse.ArgumentParser, with_state: bool = True) -> None:
+    if with_state:
+        _state_flag(parser)
+    parser.add_argument("--workers", type=int, default=1, help="CPU workers (default 1)")
+    parser.add_argument("--gpu-workers", type=int, default=0, help="GPU workers (default 0)")
+    parser.add_argument("--slots", type=int, default=2, help="tasks each CPU worker runs at once")
+    parser.add_argument(
+        "--registered-only", action="store_true", help="refuse jobs that bring their own code"
+    )
+
+
+def _job_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="pipeline spec (YAML)")
+    parser.add_argument(
+        "--input", action="append", default=[], help="input file/dir/glob (repeatable)"
+    )
+    parser.add_argument("--output", help="where the last stage writes")
+    parser.add_argument("--max-deliver", type=int, default=5, help="attempts per task (default 5)")
+    _client_flags(parser)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one service command; returns the exit status."""
+    if getattr(args, "state_dir", None):
+        os.environ["GRISTMILL_STATE_DIR"] = str(Path(args.state_dir).resolve())
+    if args.command == "up":
+        return _up(args)
+    if args.command == "down":
+        return _down()
+    if args.command == "run":
+        return _run(args)
+    return asyncio.run(_client_command(args))
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("GRISTMILL_STATE_DIR", ".gristmill")).resolve()
+
+
+# -- up / down ---------------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> int:
+    if _running() is not None:
+        raise GristmillError(
+            f"a service already runs with state dir {_state_dir()} (`gristmill down` stops it)"
+        )
+    if args.detach:
+        return _up_detached(args)
+    from gristmill.embedded import EmbeddedService
+
+    service = EmbeddedService(
+        _state_dir(),
+        workers=args.workers,
+        gpu_workers=args.gpu_workers,
+        slots=args.slots,
+        trust_code=not args.registered_only,
+    )
+    service.start()
+    stop = _StopSignal()  # after start: starting Ray installs handlers of its own
+    try:
+        print(f"gristmill service up at {service.url} (state in {service.state_dir})")
+        print("Ctrl-C or `gristmill down` stops it", flush=True)
+        stop.wait()
+    finally:
+        service.stop()
+    print("gristmill service stopped")
+    return 0
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM end `wait()`."""
+
+    def __init__(self) -> None:
+        self._stopped = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._set)
+
+    def _set(self, *_: Any) -> None:
+        self._stopped = True
+
+    def wait(self) -> None:
+        while not self._stopped:
+            signal.pause()
+
+
+def _up_detached(args: argparse.Namespace) -> int:
+    state = _state_dir()
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "gristmill.cli",
+        "up",
+        "--workers",
+        str(args.workers),
+        "--gpu-workers",
+        str(args.gpu_workers),
+        "--slots",
+        str(args.slots),
+    ]
+    if args.registered_only:
+        command.append("--registered-only")
+    log_path = state / "logs" / "supervisor.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 180
+    while True:
+        found = _running()
+        if found is not None and found.get("pid") == process.pid:
+            print(f"gristmill service up at {found['nats_url']} (state in {state}, log {log_path})")
+            return 0
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise GristmillError(f"the service failed to start; {log_path} ends:\n{tail}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise GristmillError(f"the service did not start within 180 s; see {log_path}")
+        time.sleep(0.1)  # waiting on another process's file: there is nothing to block on
+
+
+def _running() -> dict[str, Any] | None:
+    """The service record of a live supervisor under the state dir, else None."""
+    path = _state_dir() / SERVICE_FILE
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+        return None
+    return record
+
+
+def _down() -> int:
+    record = _running()
+    if record is None:
+        print(f"no gristmill service runs with state dir {_state_dir()}")
+        return 0
+    pid = int(record["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # `run` started it: reap it, or it lingers as a zombie
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("gristmill service stopped")
+            return 0
+        time.sleep(0.1)  # waiting for another process to exit
+    raise GristmillError(f"the service (pid {pid}) did not stop within 60 s")
+
+
+# -- submit / status / dlq / run ---------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = False
+    if not os.environ.get("GRISTMILL_NATS_URL") and _running() is None:
+        args.detach = True
+        _up(args)
+        started = not args.keep_up
+    try:
+        args.wait = True
+        return asyncio.run(_client_command(args))
+    finally:
+        if started:
+            _down()
+
+
+def _spec_of(args: argparse.Namespace) -> JobSpec:
+    pipeline = load_spec(args.spec).to_dict()
+    return JobSpec(
+        team=args.team,
+        request_id=new_request_id(),
+        pipeline=pipeline,
+        inputs=[_absolute(p) for p in args.input],
+        output=_absolute(args.output) if args.output else None,
+        options=JobOptions(max_deliver=args.max_deliver),
+    )
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    url = os.environ.get("GRISTMILL_NATS_URL") or discover_nats_url(_state_dir())
+    client = await ServiceClient.connect(url, args.team)
+    try:
+        if args.command in ("submit", "run"):
+            return await _submit(client, args)
+        if args.command == "status":
+            states = await client.status(args.job)
+            for state in states:
+                _print_state(state)
+            if not states:
+                print("no jobs")
+            return 0
+        return await _dlq(client, args)
+    finally:
+        await client.close()
+
+
+async def _submit(client: ServiceClient, args: argparse.Namespace) -> int:
+    spec = _spec_of(args)
+    started = time.perf_counter()
+    job = await client.submit(spec)
+    print(f"job {job} submitted")
+    if not args.wait:
+        return 0
+    state = await _follow(client, job)
+    wall = time.perf_counter() - started
+    print(
+        f"job {job} {state.state} in {wall:.1f} s: {state.items_in} documents in, "
+        f"{state.items_out} out, {state.items_dropped} dropped; "
+        f"{state.tasks_failed} failed tasks"
+    )
+    if spec.output:
+        print(f"output: {spec.output}")
+    if state.tasks_failed:
+        print(f"see them with: gristmill dlq list {job}")
+    return 0 if state.state == "completed" else 1
+
+
+async def _follow(client: ServiceClient, job: str) -> JobState:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), transient=False
+    ) as progress:
+        bars: dict[int, Any] = {}
+
+        def show(state: JobState) -> None:
+            for index, step in enumerate(state.steps):
+                if step.published == 0 and index not in bars:
+                    continue
+                if index not in bars:
+                    label = step.name if len(step.name) <= 40 else step.name[:37] + "..."
+                    bars[index] = progress.add_task(f"step {index} {label}", total=step.published)
+                progress.update(
+                    bars[index], total=step.published, completed=step.done + step.failed
+                )
+
+        state = await client.wait(job, on_progress=show)
+        show(state)
+    return state
+
+
+def _print_state(state: JobState) -> None:
+    print(
+        f"{state.job}  {state.pipeline or '-'}  {state.state}  tasks {state.tasks_done}/"
+        f"{state.tasks_published} done, {state.tasks_failed} failed  documents "
+        f"{state.items_out} out, {state.items_dropped} dropped"
+    )
+    for index, step in enumerate(state.steps):
+        print(
+            f"  step {index} {step.name}: {step.done}/{step.published} done, {step.failed} failed"
+        )
+
+
+async def _dlq(client: ServiceClient, args: argparse.Namespace) -> int:
+    if args.action in ("show", "retry") and not args.job:
+        raise GristmillError(f"gristmill dlq {args.action} needs a job id")
+    letters = await client.dead_letters(args.job)
+    if args.task:
+        letters = [one for one in letters if one.manifest.task_id == args.task]
+    if args.action == "list":
+        for letter in letters:
+            f = letter.failure
+            print(f"{f.job}  step {f.step}  task {f.task_id}  {f.attempts} attempts  {f.error}")
+        if not letters:
+            print("no dead letters")
+    elif args.action == "show":
+        for letter in letters:
+            f = letter.failure
+            print(f"job {f.job} step {f.step} ({letter.manifest.step_name}) task {f.task_id}")
+            print(f"attempts: {f.attempts}, last on worker {f.worker or '?'}")
+            print(f"error: {f.error}\n{f.traceback}")
+    else:
+        for letter in letters:
+            await client.retry(letter)
+            print(f"task {letter.manifest.task_id} of job {letter.manifest.job} published again")
+    return 0

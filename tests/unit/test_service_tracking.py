@@ -1,0 +1,379 @@
+"""The coordinator's pure logic: job progress counted from events, and the slot policy."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gristmill.bus import JobStarted, JobState, StepCounts, StepInfo, TaskDone, TaskFailed
+from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
+
+# A planned job: partitioning ran in the planner (step 0), workers run steps 1 and 2.
+STEPS = [
+    StepInfo(name="file_partitioning", pool="cpu"),
+    StepInfo(name="read+filter", pool="cpu"),
+    StepInfo(name="jsonl_writer", pool="cpu"),
+]
+
+
+def started(
+    job: str = "j1",
+    initial: tuple[str, ...] = ("a", "b"),
+    first_step: int = 1,
+    steps: list[StepInfo] | None = None,
+) -> JobStarted:
+    return JobStarted(
+        job=job,
+        team="web",
+        pipeline="quality",
+        steps=STEPS if steps is None else steps,
+        first_step=first_step,
+        initial=list(initial),
+        submitted_at=1000.0,
+    )
+
+
+def done(
+    task_id: str,
+    step: int,
+    outputs: tuple[str, ...] = (),
+    counts: tuple[int, int, int] = (0, 0, 0),
+    job: str = "j1",
+    attempt: int = 1,
+) -> TaskDone:
+    items_in, items_out, items_dropped = counts
+    return TaskDone(
+        job=job,
+        step=step,
+        task_id=task_id,
+        outputs=[],
+        output_ids=list(outputs),
+        items_in=items_in,
+        items_out=items_out,
+        items_dropped=items_dropped,
+        wall_time_s=0.5,
+        attempt=attempt,
+    )
+
+
+def failed(task_id: str, step: int, job: str = "j1") -> TaskFailed:
+    return TaskFailed(job=job, step=step, task_id=task_id, error="ValueError: bad", attempts=5)
+
+
+def counts_of(tracker: JobTracker) -> list[tuple[str, int, int, int]]:
+    """(name, published, done, failed) of every step: what most tests compare."""
+    return [(s.name, s.published, s.done, s.failed) for s in tracker.state().steps]
+
+
+def finished_job(job: str = "j1") -> JobTracker:
+    """A job whose two initial tasks each made one output, all written."""
+    tracker = JobTracker(job)
+    tracker.on_started(started(job))
+    tracker.on_done(done("a", 1, ("a0",), job=job))
+    tracker.on_done(done("b", 1, ("b0",), job=job))
+    tracker.on_done(done("a0", 2, ("a0.jsonl",), job=job))
+    tracker.on_done(done("b0", 2, ("b0.jsonl",), job=job))
+    return tracker
+
+
+# -- counting ---------------------------------------------------------------------------------
+
+
+def test_a_job_without_its_start_event_is_pending_and_never_finished() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_done(done("a", 1))
+    assert not tracker.finished
+    assert tracker.state() == JobState(job="j1", state="pending")
+
+
+def test_a_repeated_task_done_counts_once() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    assert tracker.on_done(done("a", 1, ("a0",), counts=(1, 10, 2))) is True
+    assert tracker.on_done(done("a", 1, ("a0",), counts=(1, 10, 2), attempt=2)) is False
+    assert counts_of(tracker) == [
+        ("file_partitioning", 0, 0, 0),
+        ("read+filter", 2, 1, 0),
+        ("jsonl_writer", 1, 0, 0),
+    ]
+    assert tracker.state().steps[1] == StepCounts(
+        name="read+filter", published=2, done=1, items_in=1, items_out=10, items_dropped=2
+    )
+
+
+def test_a_repeat_with_other_outputs_does_not_publish_them() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1, ("a0",)))
+    tracker.on_done(done("a", 1, ("a0", "a1"), attempt=2))
+    assert tracker.step_backlog(2) == 1
+
+
+def test_task_done_arriving_before_job_started_is_counted() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_done(done("a", 1, ("a0",)))
+    tracker.on_started(started())
+    assert counts_of(tracker) == [
+        ("file_partitioning", 0, 0, 0),
+        ("read+filter", 2, 1, 0),
+        ("jsonl_writer", 1, 0, 0),
+    ]
+    assert tracker.step_backlog(1) == 1
+    assert not tracker.finished
+
+
+def test_a_childs_task_done_before_its_parents_counts_the_child_once() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a0", 2, ("a0.jsonl",)))
+    assert tracker.step_backlog(2) == 0
+    tracker.on_done(done("a", 1, ("a0",)))
+    assert counts_of(tracker)[2] == ("jsonl_writer", 1, 1, 0)
+    assert tracker.step_backlog(2) == 0
+    tracker.on_done(done("b", 1))
+    assert tracker.finished
+
+
+def test_finished_only_when_every_published_task_of_every_step_is_done_or_failed() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    seen = [tracker.finished]
+    for event in (
+        done("a", 1, ("a0", "a1")),
+        done("a0", 2, ("a0.jsonl",)),
+        failed("b", 1),
+        done("a1", 2, ("a1.jsonl",)),
+    ):
+        if isinstance(event, TaskDone):
+            tracker.on_done(event)
+        else:
+            tracker.on_failed(event)
+        seen.append(tracker.finished)
+    assert seen == [False, False, False, False, True]
+
+
+def test_the_last_steps_outputs_are_not_waited_for() -> None:
+    tracker = finished_job()
+    assert tracker.step_backlog(3) == 2  # the written files, which no step runs
+    assert tracker.finished
+    assert [s.name for s in tracker.state().steps] == [s.name for s in STEPS]
+
+
+def test_a_job_that_published_nothing_is_finished_at_once() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started(initial=()))
+    assert tracker.finished
+    assert tracker.state().state == "completed"
+
+
+def test_all_done_is_completed_and_a_dead_letter_makes_completed_with_failures() -> None:
+    clean = finished_job()
+    assert clean.state().state == "completed"
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1, ("a0",)))
+    tracker.on_done(done("a0", 2, ("a0.jsonl",)))
+    assert tracker.on_failed(failed("b", 1)) is True
+    assert tracker.on_failed(failed("b", 1)) is False
+    state = tracker.state()
+    assert (state.state, state.tasks_done, state.tasks_failed) == ("completed_with_failures", 2, 1)
+    assert state.finished
+
+
+def test_a_failed_task_later_done_moves_from_failed_to_done() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1))
+    tracker.on_failed(failed("b", 1))
+    assert tracker.state().state == "completed_with_failures"
+    assert tracker.on_done(done("b", 1, ("b0",), attempt=6)) is True  # the dead letter, retried
+    assert counts_of(tracker)[1] == ("read+filter", 2, 2, 0)
+    assert tracker.state().state == "running"  # its output is new work
+    tracker.on_done(done("b0", 2, ("b0.jsonl",)))
+    state = tracker.state()
+    assert (state.state, state.tasks_done, state.tasks_failed) == ("completed", 3, 0)
+
+
+def test_a_failure_reported_after_the_task_succeeded_is_ignored() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1))
+    assert tracker.on_failed(failed("a", 1)) is False
+    assert counts_of(tracker)[1] == ("read+filter", 2, 1, 0)
+
+
+def test_job_state_counts_every_step_and_takes_items_out_from_the_last() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1, ("a0",), counts=(1, 40, 10)))
+    tracker.on_done(done("b", 1, ("b0",), counts=(1, 30, 20)))
+    tracker.on_done(done("a0", 2, ("a0.jsonl",), counts=(40, 40, 0)))
+    assert tracker.state() == JobState(
+        job="j1",
+        state="running",
+        pipeline="quality",
+        tasks_published=4,
+        tasks_done=3,
+        tasks_failed=0,
+        items_in=70,
+        items_out=40,
+        items_dropped=30,
+        steps=[
+            StepCounts(name="file_partitioning"),
+            StepCounts(
+                name="read+filter", published=2, done=2, items_in=2, items_out=70, items_dropped=30
+            ),
+            StepCounts(name="jsonl_writer", published=2, done=1, items_in=40, items_out=40),
+        ],
+        submitted_at=1000.0,
+        finished_at=None,
+    )
+    tracker.on_done(done("b0", 2, ("b0.jsonl",), counts=(30, 29, 1)))
+    final = tracker.state()
+    assert final.finished_at is not None
+    assert final.model_copy(update={"finished_at": None}) == JobState(
+        job="j1",
+        state="completed",
+        pipeline="quality",
+        tasks_published=4,
+        tasks_done=4,
+        tasks_failed=0,
+        items_in=100,
+        items_out=69,
+        items_dropped=31,
+        steps=[
+            StepCounts(name="file_partitioning"),
+            StepCounts(
+                name="read+filter", published=2, done=2, items_in=2, items_out=70, items_dropped=30
+            ),
+            StepCounts(
+                name="jsonl_writer",
+                published=2,
+                done=2,
+                items_in=70,
+                items_out=69,
+                items_dropped=1,
+            ),
+        ],
+        submitted_at=1000.0,
+    )
+
+
+def test_finished_at_does_not_move_when_the_state_is_asked_again() -> None:
+    tracker = finished_job()
+    first = tracker.state().finished_at
+    assert first is not None
+    assert tracker.state().finished_at == first
+    assert tracker.finished_at == first
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="JobTracker.state keeps finished_at from an earlier finish when a retried dead "
+    "letter has made the job run again, so the final state reports the first finish time",
+)
+def test_a_job_that_runs_again_after_finishing_reports_its_last_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1500.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1))
+    tracker.on_failed(failed("b", 1))
+    assert tracker.state().finished_at == 1500.0
+    clock[0] = 2500.0
+    tracker.on_done(done("b", 1, ("b0",), attempt=6))
+    assert tracker.state().finished_at is None
+    tracker.on_done(done("b0", 2))
+    assert tracker.state().finished_at == 2500.0
+
+
+# -- slots ------------------------------------------------------------------------------------
+
+# Partitioning ran in the planner; a GPU step between the reader and the writer.
+GPU_STEPS = [
+    StepInfo(name="file_partitioning", pool="cpu"),
+    StepInfo(name="read", pool="cpu"),
+    StepInfo(name="embed", pool="gpu", gpus=1.0),
+    StepInfo(name="write", pool="cpu"),
+]
+
+
+def running(job: str, initial: tuple[str, ...], steps: list[StepInfo] = GPU_STEPS) -> JobTracker:
+    tracker = JobTracker(job)
+    tracker.on_started(started(job, initial=initial, steps=steps))
+    return tracker
+
+
+def test_every_step_from_the_first_busy_one_is_active_with_slots_by_backlog() -> None:
+    jobs = {"j1": running("j1", ("a", "b", "c"))}
+    plan = assign_slots({"cpu-1": WorkerInfo(pool="cpu", slots=8)}, jobs)
+    # weights: read 3 + 1, write 0 + 1 (pulled as soon as its first task appears)
+    assert plan == {
+        "cpu-1": [{"job": "j1", "step": 1, "slots": 6}, {"job": "j1", "step": 3, "slots": 2}]
+    }
+
+
+def test_steps_upstream_of_the_first_busy_step_are_not_active() -> None:
+    tracker = running("j1", ("a",))
+    tracker.on_done(done("a", 1, ("a0",), job="j1"))
+    workers = {"cpu-1": WorkerInfo("cpu", 4), "gpu-1": WorkerInfo("gpu", 2)}
+    assert assign_slots(workers, {"j1": tracker}) == {
+        "cpu-1": [{"job": "j1", "step": 3, "slots": 4}],
+        "gpu-1": [{"job": "j1", "step": 2, "slots": 2}],
+    }
+
+
+def test_slots_are_shared_in_proportion_to_backlog_with_at_least_one_each() -> None:
+    big = running("j1", tuple(f"t{i}" for i in range(9)), steps=STEPS)
+    small = running("j2", ("x",), steps=STEPS)
+    plan = assign_slots({"cpu-1": WorkerInfo("cpu", 2)}, {"j2": small, "j1": big})
+    # weights 10 (j1 step 1), 1 (j1 step 2), 2 (j2 step 1), 1 (j2 step 2) of 14
+    assert plan == {
+        "cpu-1": [
+            {"job": "j1", "step": 1, "slots": 1},
+            {"job": "j1", "step": 2, "slots": 1},
+            {"job": "j2", "step": 1, "slots": 1},
+            {"job": "j2", "step": 2, "slots": 1},
+        ]
+    }
+    plan = assign_slots({"cpu-1": WorkerInfo("cpu", 28)}, {"j2": small, "j1": big})
+    assert [a["slots"] for a in plan["cpu-1"]] == [20, 2, 4, 2]
+
+
+def test_every_worker_of_a_pool_gets_every_active_step_of_its_pool() -> None:
+    jobs = {"j1": running("j1", ("a",))}
+    workers = {"cpu-2": WorkerInfo("cpu", 2), "cpu-1": WorkerInfo("cpu", 2)}
+    plan = assign_slots(workers, jobs)
+    assert list(plan) == ["cpu-1", "cpu-2"]
+    assert plan["cpu-1"] == plan["cpu-2"] == [
+        {"job": "j1", "step": 1, "slots": 1},
+        {"job": "j1", "step": 3, "slots": 1},
+    ]
+
+
+def test_gpu_steps_go_to_gpu_workers_only() -> None:
+    jobs = {"j1": running("j1", ("a",))}
+    workers = {"cpu-1": WorkerInfo("cpu", 4), "gpu-1": WorkerInfo("gpu", 3)}
+    plan = assign_slots(workers, jobs)
+    assert plan == {
+        "cpu-1": [{"job": "j1", "step": 1, "slots": 3}, {"job": "j1", "step": 3, "slots": 1}],
+        "gpu-1": [{"job": "j1", "step": 2, "slots": 3}],
+    }
+
+
+def test_steps_of_a_pool_without_live_workers_are_given_to_nobody() -> None:
+    jobs = {"j1": running("j1", ("a",))}
+    plan = assign_slots({"cpu-1": WorkerInfo("cpu", 4)}, jobs)
+    assert [a["step"] for a in plan["cpu-1"]] == [1, 3]
+    assert assign_slots({}, jobs) == {}
+
+
+def test_finished_and_unstarted_jobs_get_no_slots() -> None:
+    unstarted = JobTracker("j2")
+    unstarted.on_done(done("a", 1, ("a0",), job="j2"))
+    jobs = {"j1": finished_job("j1"), "j2": unstarted}
+    workers = {"cpu-1": WorkerInfo("cpu", 4), "gpu-1": WorkerInfo("gpu", 1)}
+    assert assign_slots(workers, jobs) == {"cpu-1": [], "gpu-1": []}
