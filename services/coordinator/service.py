@@ -41,6 +41,7 @@ log = logging.getLogger("gristmill.coordinator")
 WORKER_TIMEOUT_S = 5.0
 ASSIGN_EVERY_S = 0.5
 FLUSH_EVERY_S = 0.2
+STATUS_WAIT_S = 20.0
 
 
 class CoordinatorService:
@@ -56,6 +57,7 @@ class CoordinatorService:
         self._assigned: dict[str, dict[str, str]] = {team: {} for team in settings.teams}
         self._dirty: dict[str, set[str]] = {team: set() for team in settings.teams}
         self._wake = asyncio.Event()
+        self._caught_up = {team: asyncio.Event() for team in settings.teams}
         self._background: list[asyncio.Task[None]] = []
         self._kv: dict[tuple[str, str], Any] = {}
         for team in settings.teams:
@@ -95,12 +97,16 @@ class CoordinatorService:
         sub = await js.subscribe(
             event_filter(team), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
         )
-        replaying = True
+        info = await sub.consumer_info()
+        replaying = info.num_pending > 0 or info.delivered.consumer_seq > 0
+        if not replaying:
+            self._caught_up[team].set()
         async for msg in sub.messages:
             try:
                 job = await self._apply(team, msg.subject, msg.data)
                 if replaying and msg.metadata.num_pending == 0:
                     replaying = False  # caught up: announce what finished while we were away
+                    self._caught_up[team].set()
                     for known in list(self.jobs[team]):
                         await self._announce(team, known)
                 elif not replaying and job is not None:
@@ -213,6 +219,10 @@ class CoordinatorService:
 
     def _status_handler(self, team: str) -> Any:
         async def status(msg: NatsMessage) -> bytes:
+            try:  # answer from the whole history, not from half a replay
+                await asyncio.wait_for(self._caught_up[team].wait(), STATUS_WAIT_S)
+            except TimeoutError:
+                return ApiReply(ok=False, error="the coordinator is still catching up").to_json()
             try:
                 asked = StatusQuery.from_json(msg.body or b"{}").job
             except MessageError as exc:

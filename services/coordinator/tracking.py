@@ -104,6 +104,7 @@ class JobTracker:
             state = "pending"
         elif not self.finished:
             state = "running"
+            self.finished_at = None  # a retried dead letter runs it again
         else:
             state = "completed_with_failures" if failed else "completed"
             self.finished_at = self.finished_at or time.time()

@@ -20,7 +20,8 @@ from gristmill.bus.jobs import JobRecord, job_id_for
 from gristmill.errors import GristmillError
 from gristmill.pipeline import Pipeline
 from gristmill.pipeline.portable import CodeBlob, CodeLoader
-from gristmill.stages import run_stage
+from gristmill.pipeline.spec import ClassLoader, load_spec
+from gristmill.stages import get_stage_class, run_stage
 from gristmill.stages.base import init_signature
 from gristmill.stages.text.io.partition import FilePartitioningStage
 from gristmill.store import TaskStore
@@ -52,6 +53,8 @@ def plan_job(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool
         raise
     except GristmillError as exc:
         raise Rejected(str(exc)) from exc
+    except Exception as exc:  # a stage's constructor or build() failing its own way
+        raise Rejected(f"the job cannot be planned: {type(exc).__name__}: {exc}") from exc
 
 
 def _plan(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool) -> Planned:
@@ -61,9 +64,10 @@ def _plan(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool) -
     loader = CodeLoader(lambda sha: store.get_code(spec.team, sha)) if trust_code else None
     for sha in spec.code if loader else ():
         loader.module(sha)  # type: ignore[union-attr]  # the job's task classes, too
+    load_class = loader.load_class if loader else None
+    _check_inputs_given(spec, load_class)
     raw = _with_paths(spec.pipeline, spec.inputs, spec.output)
-    pipeline = Pipeline.from_spec(raw, loader.load_class if loader else None)
-    _check_inputs_given(pipeline, spec.inputs)
+    pipeline = Pipeline.from_spec(raw, load_class)
     _check_output_paths(raw, output_root)
     stages = pipeline.build(fuse=spec.options.fuse).physical_stages()
     steps = [
@@ -81,17 +85,17 @@ def _plan(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool) -
     ).hexdigest()
     first_step = 0
     if spec.initial:
-        first = list(zip(spec.initial_ids, ([ref] for ref in spec.initial), strict=True))
+        first = [(i, "", [ref]) for i, ref in zip(spec.initial_ids, spec.initial, strict=True)]
     elif isinstance(stages[0], FilePartitioningStage) and len(stages) > 1:
         # Listing and grouping the input files is cheap and shows unreadable inputs now.
         groups: list[Task[Any]] = run_stage(stages[0], [EmptyTask()])
         if not groups:
             raise Rejected(f"step 0 '{stages[0].name}' found no input files")
         first_step = 1
-        first = [(g.task_id, [store.put(spec.team, job, 0, g)]) for g in groups]
+        first = [(g.task_id, g.dataset_name, [store.put(spec.team, job, 0, g)]) for g in groups]
     else:
         root = EmptyTask()
-        first = [(root.task_id, [store.put(spec.team, job, "initial", root)])]
+        first = [(root.task_id, "", [store.put(spec.team, job, "initial", root)])]
     record = JobRecord(
         job=job, spec=accepted, steps=steps, first_step=first_step, fingerprint=fingerprint
     )
@@ -101,9 +105,10 @@ def _plan(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool) -
             step=first_step,
             step_name=steps[first_step].name,
             task_id=task_id,
+            dataset=dataset,
             inputs=refs,
         )
-        for task_id, refs in first
+        for task_id, dataset, refs in first
     ]
     return Planned(record, manifests)
 
@@ -143,10 +148,19 @@ def _with_paths(pipeline: dict[str, Any], inputs: list[str], output: str | None)
     return raw
 
 
-def _check_inputs_given(pipeline: Pipeline, inputs: list[str]) -> None:
-    first = pipeline.stages[0]
-    if inputs and "file_paths" not in init_signature(type(first)).parameters:
-        raise Rejected(f"inputs were given, but the first stage '{first.name}' reads no files")
+def _check_inputs_given(spec: JobSpec, load_class: ClassLoader | None) -> None:
+    """Inputs need a first stage that takes `file_paths` (checked before they are added)."""
+    if not spec.inputs:
+        return
+    first = load_spec(spec.pipeline).stages[0]
+    if first.code is None:
+        cls = get_stage_class(first.stage)
+    elif load_class is not None:
+        cls = load_class(first.code, first.stage)
+    else:
+        return  # refused as untrusted code elsewhere
+    if "file_paths" not in init_signature(cls).parameters:
+        raise Rejected(f"inputs were given, but the first stage '{first.stage}' reads no files")
 
 
 def _check_output_paths(raw: dict[str, Any], output_root: str) -> None:

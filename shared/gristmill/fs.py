@@ -83,6 +83,34 @@ def exists(path: str) -> bool:
     return bool(fs.exists(stripped))
 
 
+def write_once(path: str, payload: bytes) -> bytes:
+    """Write `payload` to `path` unless a file is there already; return the bytes the file
+    holds afterwards (the first writer's). Locally the first writer wins atomically (a hard
+    link to a complete temporary file); elsewhere a file found existing is kept."""
+    fs, target = _fs(path)
+    if not isinstance(fs, LocalFileSystem):
+        if fs.exists(target):
+            return bytes(fs.cat_file(target))
+        with atomic_write(path) as handle:
+            handle.write(payload)
+        return payload
+    parent = os.path.dirname(target) or "."
+    os.makedirs(parent, exist_ok=True)
+    temporary = os.path.join(parent, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            with open(target, "rb") as existing:
+                return existing.read()
+        return payload
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str) -> Iterator[IO[bytes]]:
     """Open `path` for writing so that readers see the old file or the whole new one, never a

@@ -1,10 +1,10 @@
 """The store: task payloads at deterministic paths under an fsspec root.
 
-A task is written once to `<root>/<team>/<job>/<step>/<task_id>.task` (its `to_bytes()`),
-and code sent by value to `<root>/<team>/_code/<sha256>.json`,
-through a temporary name and a rename, and described by a `DataRef` with its size and SHA-256.
-Writing the same task again writes the same bytes to the same place, so a retried step never
-leaves a second copy; reading checks the SHA-256, so a damaged or half-copied file is an error,
+A task is written once to `<root>/<team>/<job>/<step>/<task_id>.task` (its `to_bytes()`), and
+code sent by value to `<root>/<team>/_code/<sha256>.json`, through a temporary name, and is
+described by a `DataRef` with its size and SHA-256. Writing a task again keeps the bytes written
+first (the first writer wins), so a retried step never leaves a second copy nor invalidates a
+reference handed out; reading checks the SHA-256, so a damaged or half-copied file is an error,
 not wrong data.
 """
 
@@ -41,11 +41,10 @@ class TaskStore:
         return fs.join(self.root, f"{team}/{job}/{step}/{task_id}.task")
 
     def put(self, team: str, job: str, step: int | str, task: Task[Any]) -> DataRef:
-        """Write `task` (atomically) and describe it."""
-        payload = task.to_bytes()
+        """Write `task` and describe it. A task stored already keeps its first bytes (its perf
+        stats differ from run to run), so every reference ever handed out stays valid."""
         uri = self.path_for(team, job, step, task.task_id)
-        with fs.atomic_write(uri) as handle:
-            handle.write(payload)
+        payload = fs.write_once(uri, task.to_bytes())
         return DataRef(
             uri=uri,
             rows=task.num_items,

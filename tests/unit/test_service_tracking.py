@@ -268,11 +268,6 @@ def test_finished_at_does_not_move_when_the_state_is_asked_again() -> None:
     assert tracker.finished_at == first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JobTracker.state keeps finished_at from an earlier finish when a retried dead "
-    "letter has made the job run again, so the final state reports the first finish time",
-)
 def test_a_job_that_runs_again_after_finishing_reports_its_last_finish(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -348,10 +343,14 @@ def test_every_worker_of_a_pool_gets_every_active_step_of_its_pool() -> None:
     workers = {"cpu-2": WorkerInfo("cpu", 2), "cpu-1": WorkerInfo("cpu", 2)}
     plan = assign_slots(workers, jobs)
     assert list(plan) == ["cpu-1", "cpu-2"]
-    assert plan["cpu-1"] == plan["cpu-2"] == [
-        {"job": "j1", "step": 1, "slots": 1},
-        {"job": "j1", "step": 3, "slots": 1},
-    ]
+    assert (
+        plan["cpu-1"]
+        == plan["cpu-2"]
+        == [
+            {"job": "j1", "step": 1, "slots": 1},
+            {"job": "j1", "step": 3, "slots": 1},
+        ]
+    )
 
 
 def test_gpu_steps_go_to_gpu_workers_only() -> None:

@@ -55,16 +55,15 @@ async def replay(js: Any, subject: str, idle_s: float = 0.0) -> AsyncIterator[An
 
     sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
-        pending = (await sub.consumer_info()).num_pending
-        while True:
-            timeout = idle_s if pending <= 0 else max(idle_s, 5.0)
-            if pending <= 0 and idle_s <= 0:
-                return
+        info = await sub.consumer_info()
+        # Messages already pushed to us are no longer pending on the server: count them too.
+        caught_up = info.num_pending == 0 and info.delivered.consumer_seq == 0
+        while not (caught_up and idle_s <= 0):
             try:
-                msg = await sub.next_msg(timeout=timeout)
+                msg = await sub.next_msg(timeout=idle_s if caught_up else max(idle_s, 10.0))
             except TimeoutError:
                 return
-            pending -= 1
+            caught_up = caught_up or msg.metadata.num_pending == 0
             yield msg
     finally:
         await sub.unsubscribe()

@@ -146,9 +146,16 @@ def _load(blob: CodeBlob, sha256: str) -> types.ModuleType:
             f"code {sha256[:12]} (module {blob.module!r}) failed to load: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    for value in vars(module).values():
-        if isinstance(value, type) and value.__module__ == name:
-            value.__module__ = blob.module
+    _restore_module_name(list(vars(module).values()), name, blob.module)
+    return module
+
+
+def _restore_module_name(values: list[object], loaded_as: str, original: str) -> None:
+    """Give the classes the loaded code defined (nested ones too) their original module name,
+    and register its task classes under it."""
+    for value in values:
+        if isinstance(value, type) and value.__module__ == loaded_as:
+            value.__module__ = original
             if issubclass(value, Task):
                 register_task_type(value)
-    return module
+            _restore_module_name(list(vars(value).values()), loaded_as, original)

@@ -179,7 +179,7 @@ def _params_model(cls: type) -> type[BaseModel]:
     """A pydantic model of `cls.__init__`'s parameters, for validating spec params."""
     signature = init_signature(cls)
     try:
-        hints = typing.get_type_hints(vars(cls).get("__init__") or cls)
+        hints = typing.get_type_hints(cls.__init__)  # inherited constructors too
     except Exception:  # unresolvable annotations: validate names and presence only
         hints = {}
     fields: dict[str, Any] = {}

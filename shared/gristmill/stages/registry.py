@@ -117,9 +117,12 @@ def installed_stage_name(cls: type) -> str | None:
 
 @contextmanager
 def scratch_registrations() -> Iterator[None]:
-    """Forget, on leaving, the names registered inside the block (code loaded by value
-    registers its classes as it runs; those names must not claim this process's registry)."""
+    """Run the block with an empty registry and restore this process's on leaving (code loaded
+    by value registers its classes as it runs: its names must neither clash with this
+    process's nor claim them)."""
     by_name, by_class = dict(_BY_NAME), dict(_BY_CLASS)
+    _BY_NAME.clear()
+    _BY_CLASS.clear()
     try:
         yield
     finally:

@@ -1,0 +1,436 @@
+"""The service end to end: a real nats-server, real Ray, the planner, coordinator and two workers
+as separate processes (`EmbeddedService`), driven through `ServiceExecutor`, the client and the
+CLI. Results are compared with `LocalExecutor`'s, document for document."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from service_stages import GateOn, PoisonOn, RecordCalls, StallOnce
+
+from gristmill import Pipeline
+from gristmill.bus import DataRef, JobSpec, TaskManifest
+from gristmill.bus.jobs import consumer_name, done_key, job_key
+from gristmill.bus.streams import TeamLayout
+from gristmill.bus.subjects import event_subject, task_subject
+from gristmill.cli import main
+from gristmill.client import JobRejected, ServiceClient, new_request_id
+from gristmill.embedded import EmbeddedService
+from gristmill.executors.local import LocalExecutor
+from gristmill.executors.service import JobFailed, ServiceExecutor
+from gristmill.stages.text.io import JsonlReader, JsonlWriter
+from gristmill.store import TaskStore
+from gristmill.tasks import Task
+
+ROOT = Path(__file__).parents[2]
+QUALITY = ROOT / "examples" / "pipelines" / "quality.yaml"
+DATA = ROOT / "examples" / "data"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service")
+
+
+@pytest.fixture(scope="module")
+def service(base: Path) -> Iterator[EmbeddedService]:
+    with EmbeddedService(base / "state", workers=2, slots=2, output_root=str(base)) as running:
+        yield running
+
+
+def client_call(service: EmbeddedService, call: Callable[[ServiceClient], Any]) -> Any:
+    """Run `call(client)` on a fresh connection."""
+
+    async def go() -> Any:
+        client = await ServiceClient.connect(service.url)
+        try:
+            return await call(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def until(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+    """Wait for `condition()` to hold (polling a system we do not control), or fail."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.05)
+    return value
+
+
+def quality(output: Path, inputs: Path = DATA) -> Pipeline:
+    spec = yaml.safe_load(QUALITY.read_text())
+    spec["stages"][0]["params"] = {"file_paths": str(inputs)}
+    spec["stages"][-1]["params"] = {"path": str(output)}
+    return Pipeline.from_spec(spec)
+
+
+def written(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.jsonl"))}
+
+
+def doc_ids(directory: Path) -> list[str]:
+    return [
+        json.loads(line)["id"]
+        for data in written(directory).values()
+        for line in data.decode().splitlines()
+    ]
+
+
+def run_in_thread(pipeline: Pipeline, executor: ServiceExecutor) -> threading.Thread:
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["outputs"] = pipeline.run(executor)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.result = result  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def finished(thread: threading.Thread, timeout_s: float = 180.0) -> list[Task[Any]]:
+    thread.join(timeout_s)
+    assert not thread.is_alive(), "the job did not finish in time"
+    result = thread.result  # type: ignore[attr-defined]
+    if "error" in result:
+        raise result["error"]
+    outputs: list[Task[Any]] = result["outputs"]
+    return outputs
+
+
+def read_fifo(path: Path, timeout_s: float = 120.0) -> str:
+    """What a stage writes to the FIFO `path` (blocks until it does), with a deadline."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(path.read_text()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert box, f"nothing was written to {path} in {timeout_s:g} s"
+    return box[0].strip()
+
+
+def test_the_quality_pipeline_on_the_service_writes_what_local_writes(
+    service: EmbeddedService, base: Path
+) -> None:
+    local = quality(base / "local").run(LocalExecutor())
+    executor = ServiceExecutor(service.url)
+    remote = quality(base / "remote").run(executor)
+
+    assert [t.task_id for t in remote] == [t.task_id for t in local]
+    assert written(base / "remote") == written(base / "local")
+    ids = doc_ids(base / "remote")
+    assert len(ids) == len(set(ids)) == 340
+    assert executor.state is not None
+    assert executor.state.state == "completed"
+    assert (executor.state.items_in, executor.state.items_out) == (449, 340)
+    assert executor.state.items_dropped == 109
+
+
+def test_the_cli_submits_a_yaml_spec_and_waits_for_its_summary(
+    service: EmbeddedService, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    quality(base / "local-cli").run(LocalExecutor())
+    monkeypatch.setenv("GRISTMILL_NATS_URL", service.url)
+    args = ["submit", str(QUALITY), "--input", str(DATA), "--output", str(base / "cli"), "--wait"]
+
+    assert main(args) == 0
+
+    out = capsys.readouterr().out
+    assert re.search(r"job j[0-9a-f]{15} completed in [0-9.]+ s: 449 documents in, 340 out, 109 dropped; 0 failed tasks", out)  # fmt: skip
+    assert f"output: {base / 'cli'}" in out
+    assert written(base / "cli") == written(base / "local-cli")
+    assert main(["status"]) == 0
+    assert re.search(r"j[0-9a-f]{15}  quality  completed  tasks 3/3 done, 0 failed", capsys.readouterr().out)  # fmt: skip
+
+
+def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(
+    service: EmbeddedService, base: Path
+) -> None:
+    fifo_dir = base / "stall"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "started")
+    os.mkfifo(fifo_dir / "never")
+    expected = Pipeline(
+        "plain", [JsonlReader(file_paths=str(DATA)), JsonlWriter(path=str(base / "plain"))]
+    ).run()
+    pipeline = Pipeline(
+        "stall",
+        [
+            JsonlReader(file_paths=str(DATA)),
+            StallOnce("doc-00200", str(fifo_dir)),
+            JsonlWriter(path=str(base / "stalled")),
+        ],
+    )
+    executor = ServiceExecutor(service.url, config={"ack_wait_s": 2.0})
+    thread = run_in_thread(pipeline, executor)
+
+    worker = read_fifo(fifo_dir / "started")  # the stage is now blocked inside that worker
+    service.kill(worker)
+    try:
+        outputs = finished(thread)
+    finally:
+        service.restart(worker)
+
+    assert [t.task_id for t in outputs] == [t.task_id for t in expected]
+    assert written(base / "stalled") == written(base / "plain")
+    ids = doc_ids(base / "stalled")
+    assert len(ids) == len(set(ids)) == 449
+    done = client_call(service, lambda c: c.done_events(executor.job))
+    store = client_call(service, lambda c: c.store())
+    [stalled] = [
+        d for d in done if "doc-00200" in Path(store.get(d.outputs[0]).data[0]).read_text()
+    ]
+    assert stalled.attempt == 2  # the killed attempt counts
+    assert stalled.worker != worker
+    assert all(d.attempt in (1, 2) for d in done)  # a task the killed worker also held: 2
+
+
+def test_a_task_delivered_twice_is_written_once_and_counted_once(
+    service: EmbeddedService, base: Path
+) -> None:
+    fifo_dir = base / "gate"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "started")
+    os.mkfifo(fifo_dir / "release")
+    calls = base / "calls.log"
+    pipeline = Pipeline(
+        "twice",
+        [
+            JsonlReader(file_paths=str(DATA)),
+            RecordCalls(str(calls)),
+            GateOn("doc-00300", str(fifo_dir)),
+            JsonlWriter(path=str(base / "twice")),
+        ],
+    )
+    executor = ServiceExecutor(service.url)
+    thread = run_in_thread(pipeline, executor)
+    read_fifo(fifo_dir / "started")  # one task is held open: the job cannot finish meanwhile
+    job = until(lambda: executor.job, "the job id")
+    team, layout = "default", TeamLayout("default")
+
+    async def finished_task(client: ServiceClient) -> tuple[str, TaskManifest] | None:
+        started = await client.started(job)
+        done = await client.js.key_value(layout.bucket("done"))
+        store = await client.store()
+        for task_id in started.initial:
+            try:
+                await done.get(done_key(job, started.first_step, task_id))
+            except Exception:
+                continue
+            uri = store.path_for(team, job, 0, task_id)
+            payload = Path(uri).read_bytes()
+            ref = DataRef(
+                uri=uri,
+                rows=Task.from_bytes(payload).num_items,
+                bytes=len(payload),
+                sha256=hashlib.sha256(payload).hexdigest(),
+            )
+            manifest = TaskManifest(
+                job=job, step=1, step_name=started.steps[1].name, task_id=task_id, inputs=[ref]
+            )
+            return task_id, manifest
+        return None
+
+    task_id, manifest = until(lambda: client_call(service, finished_task), "a finished task")
+
+    async def deliver_again(client: ServiceClient) -> None:
+        await client.js.publish(
+            task_subject(team, job, "1"), manifest.to_json(), headers={"Nats-Msg-Id": "again"}
+        )
+
+    client_call(service, deliver_again)
+
+    async def settled(client: ServiceClient) -> bool:
+        info = await client.js.consumer_info(layout.tasks_stream, consumer_name(job, 1))
+        return bool(info.num_pending == 0 and info.num_ack_pending == 1)  # only the gated one
+
+    until(lambda: client_call(service, settled), "the repeated manifest to be consumed")
+    with (fifo_dir / "release").open("w") as release:
+        release.write("go")
+    outputs = finished(thread)
+
+    processed = calls.read_text().splitlines()  # one line per batch the stage processed
+    assert len(processed) == len(set(processed)) == 3  # the repeat did not run the stage
+    assert len(outputs) == 3
+    ids = doc_ids(base / "twice")
+    assert len(ids) == len(set(ids)) == 449
+
+    async def announcements(client: ServiceClient) -> int:
+        subject = event_subject(team, job, "task_done")
+        count = 0
+        async for msg in _replay(client, subject):
+            count += json.loads(msg.data)["task_id"] == task_id
+        return count
+
+    assert client_call(service, announcements) == 1
+    assert executor.state is not None
+    assert (executor.state.tasks_published, executor.state.tasks_done) == (3, 3)
+
+
+def _replay(client: ServiceClient, subject: str) -> Any:
+    from gristmill.bus.client import replay
+
+    return replay(client.js, subject)
+
+
+def poisoned_corpus(directory: Path) -> Path:
+    directory.mkdir()
+    for part in range(3):
+        lines = [
+            {"id": f"p{part}-{n}", "text": "POISON" if (part, n) == (1, 2) else f"doc {part} {n}"}
+            for n in range(4)
+        ]
+        (directory / f"part-{part}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return directory
+
+
+def test_a_poison_task_is_dead_lettered_after_max_deliver_and_the_rest_arrives(
+    service: EmbeddedService, base: Path
+) -> None:
+    corpus = poisoned_corpus(base / "poisoned")
+    pipeline = Pipeline(
+        "poison",
+        [
+            JsonlReader(file_paths=str(corpus)),
+            PoisonOn("POISON"),
+            JsonlWriter(path=str(base / "poison-out")),
+        ],
+    )
+    config = {"max_deliver": 2, "retry_backoff_s": 0.05, "allow_failures": True}
+    executor = ServiceExecutor(service.url, config=config)
+
+    outputs = pipeline.run(executor)
+
+    assert executor.state is not None
+    assert executor.state.state == "completed_with_failures"
+    assert (executor.state.tasks_done, executor.state.tasks_failed) == (2, 1)
+    assert len(outputs) == 2
+    assert sorted(doc_ids(base / "poison-out")) == [f"p{p}-{n}" for p in (0, 2) for n in range(4)]
+    [letter] = client_call(service, lambda c: c.dead_letters(executor.job))
+    assert letter.failure.attempts == 2
+    assert re.fullmatch(
+        r"StageError: stage 'PoisonOn' failed in process\(\) on task (\w{32}): "
+        r"ValueError: poisoned batch \1",
+        letter.failure.error,
+    )
+    assert "line 37, in process\nValueError: poisoned batch " in letter.failure.traceback
+    assert letter.manifest.step == 1
+
+    strict = ServiceExecutor(service.url, config={"max_deliver": 1})
+    with pytest.raises(JobFailed, match=r"job j[0-9a-f]{15}: 1 task\(s\) failed; first: step 1 task [0-9a-f]{32} after 1 attempts: StageError"):  # fmt: skip
+        Pipeline("poison-2", [JsonlReader(file_paths=str(corpus)), PoisonOn("POISON")]).run(strict)
+
+
+def _submission(**changes: Any) -> JobSpec:
+    pipeline = yaml.safe_load(QUALITY.read_text())
+    fields: dict[str, Any] = {
+        "team": "default",
+        "request_id": new_request_id(),
+        "pipeline": pipeline,
+        "inputs": [str(DATA)],
+        "output": "OUTPUT",
+    }
+    fields.update(changes)
+    return JobSpec(**fields)
+
+
+def test_invalid_submissions_are_rejected_and_publish_nothing(
+    service: EmbeddedService, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    layout = TeamLayout("default")
+    unknown = yaml.safe_load(QUALITY.read_text())
+    unknown["stages"][1] = {"stage": "NoSuchFilter"}
+    bad_type = yaml.safe_load(QUALITY.read_text())
+    bad_type["stages"][0]["params"] = {"files_per_partition": "many"}
+    cases = {
+        "unknown stage": (
+            _submission(pipeline=unknown, output=str(base / "x")),
+            "unknown stage 'NoSuchFilter' (registered stages: ",
+        ),
+        "bad param type": (
+            _submission(pipeline=bad_type, output=str(base / "x")),
+            "stage #1 'JsonlReader': bad params: files_per_partition: Input should be a valid integer",
+        ),
+        "missing input": (
+            _submission(inputs=[str(base / "nowhere")], output=str(base / "x")),
+            f"{base / 'nowhere'}",
+        ),
+        "output outside the root": (
+            _submission(output="/etc/gristmill-out"),
+            f"stage #10 'JsonlWriter': path '/etc/gristmill-out' is outside the output root {base}",
+        ),
+    }
+
+    async def counts(client: ServiceClient) -> tuple[int, int]:
+        info = await client.js.stream_info(layout.tasks_stream)
+        jobs = await client.js.key_value(layout.bucket("jobs"))
+        try:
+            keys = len(await jobs.keys())
+        except Exception:
+            keys = 0
+        return info.state.last_seq, keys
+
+    before = client_call(service, counts)
+    for name, (spec, message) in cases.items():
+        with pytest.raises(JobRejected, match=re.escape(message)):
+            client_call(service, lambda c, s=spec: c.submit(s))
+
+        async def no_record(client: ServiceClient, s: JobSpec = spec) -> bool:
+            from gristmill.bus.jobs import job_id_for
+
+            jobs = await client.js.key_value(layout.bucket("jobs"))
+            try:
+                await jobs.get(job_key(job_id_for("default", s.request_id)))
+            except Exception:
+                return True
+            return False
+
+        assert client_call(service, no_record), name
+    assert client_call(service, counts) == before
+
+    bad_yaml = base / "bad.yaml"
+    bad_yaml.write_text("name: q\nstages:\n  - stage: JsonlReader\n   params: {}\n")
+    monkeypatch.setenv("GRISTMILL_NATS_URL", service.url)
+    assert main(["submit", str(bad_yaml), "--output", str(base / "y")]) == 2
+    assert f"pipeline spec '{bad_yaml}': line 4, column 4: invalid YAML" in capsys.readouterr().err
+    assert client_call(service, counts) == before
+
+
+def test_a_restarted_coordinator_rebuilds_every_job_from_the_streams(
+    service: EmbeddedService, base: Path
+) -> None:
+    executor = ServiceExecutor(service.url)
+    quality(base / "before-restart").run(executor)
+    before = client_call(service, lambda c: c.status())
+
+    service.kill("coordinator")
+    service.restart("coordinator")
+
+    after = client_call(service, lambda c: c.status())
+    assert [s.model_dump() for s in after] == [s.model_dump() for s in before]
+    assert quality(base / "after-restart").run(ServiceExecutor(service.url))
+    assert written(base / "after-restart") == written(base / "before-restart")
+
+
+def test_a_store_root_the_service_reports_is_where_tasks_are(service: EmbeddedService) -> None:
+    store = client_call(service, lambda c: c.store())
+    assert isinstance(store, TaskStore)
+    assert store.root == str(service.state_dir / "store")
