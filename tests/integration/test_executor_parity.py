@@ -1,10 +1,11 @@
-"""The same pipelines on LocalExecutor, XennaExecutor (streaming, batch) and RayDataExecutor
-give the same documents — with a real local Ray, no mocks."""
+"""The same pipelines on LocalExecutor, XennaExecutor (streaming, batch), RayDataExecutor and
+ServiceExecutor give the same documents — with a real local Ray and a real service, no mocks."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,11 @@ sys.path.insert(0, str(EXAMPLES))  # before Ray starts: its workers import what 
 from quickstart import SentimentStage, TaskCreationStage, WordCountStage  # noqa: E402
 
 from gristmill import BaseExecutor, LocalExecutor, Pipeline, Resources  # noqa: E402
+from gristmill.embedded import EmbeddedService  # noqa: E402
 from gristmill.errors import GristmillError, StageError  # noqa: E402
 from gristmill.executors.ray_cluster import ray_session  # noqa: E402
 from gristmill.executors.ray_data import RayDataExecutor  # noqa: E402
+from gristmill.executors.service import JobFailed, ServiceExecutor  # noqa: E402
 from gristmill.executors.xenna import XennaExecutor  # noqa: E402
 from gristmill.stages.text.io import AddId, JsonlReader, JsonlWriter  # noqa: E402
 from gristmill.stages.text.presets import quality_filters  # noqa: E402
@@ -51,6 +54,21 @@ def ray() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def service(ray: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedService]:
+    """The embedded service, its workers on the module's Ray, allowed to write under tmp."""
+    state = tmp_path_factory.mktemp("service-state")
+    base = str(tmp_path_factory.getbasetemp())
+    with EmbeddedService(state, workers=1, slots=2, output_root=base) as running:
+        yield running
+
+
+def _executor(name: str, request: pytest.FixtureRequest) -> BaseExecutor:
+    if name == "service":
+        return ServiceExecutor(request.getfixturevalue("service").url, {"max_deliver": 1})
+    return EXECUTORS[name]()
+
+
 def _fingerprint(tasks: list[Any]) -> list[tuple[str, str, list[str]]]:
     """Sorted (task id, content hash, stage names) of every output task."""
     rows = []
@@ -75,11 +93,11 @@ def _quickstart() -> Pipeline:
     )
 
 
-@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data"])
-def test_quickstart_gives_the_local_outputs(name: str) -> None:
+@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data", "service"])
+def test_quickstart_gives_the_local_outputs(name: str, request: pytest.FixtureRequest) -> None:
     expected = _fingerprint(_quickstart().run(LocalExecutor()))
     assert len(expected) == 7
-    assert _fingerprint(_quickstart().run(EXECUTORS[name]())) == expected
+    assert _fingerprint(_quickstart().run(_executor(name, request))) == expected
 
 
 def _corpus(tmp_path: Path) -> str:
@@ -104,8 +122,10 @@ def _written(directory: Path) -> list[tuple[str, str]]:
     return sorted((d["id"], hashlib.sha256(d["text"].encode()).hexdigest()) for d in docs)
 
 
-@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data"])
-def test_text_pipeline_writes_the_documents_local_writes(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data", "service"])
+def test_text_pipeline_writes_the_documents_local_writes(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     source = _corpus(tmp_path)
 
     def run(executor: BaseExecutor, out: Path) -> None:
@@ -113,7 +133,7 @@ def test_text_pipeline_writes_the_documents_local_writes(name: str, tmp_path: Pa
         Pipeline("quality", stages).run(executor)
 
     run(LocalExecutor(), tmp_path / "local")
-    run(EXECUTORS[name](), tmp_path / name)
+    run(_executor(name, request), tmp_path / name)
     expected = _written(tmp_path / "local" / "data")
     assert len(expected) == 4  # one good document survives in each file (upper case has no "the")
     assert _written(tmp_path / name / "data") == expected
@@ -125,19 +145,21 @@ def _written_drops(directory: Path) -> list[tuple[str, str]]:
     return sorted((d["id"], d["stage"]) for p in directory.iterdir() for d in map(json.loads, p.read_text().splitlines()))  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
-def test_outputs_are_identical_run_after_run(name: str) -> None:
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data", "service"])
+def test_outputs_are_identical_run_after_run(name: str, request: pytest.FixtureRequest) -> None:
     pipeline = Pipeline("again", [MakeBatches(num_tasks=12), AddOne(), AddOne().with_(name="two")])
-    first = _fingerprint(pipeline.run(EXECUTORS[name]()))
-    assert _fingerprint(pipeline.run(EXECUTORS[name]())) == first
+    first = _fingerprint(pipeline.run(_executor(name, request)))
+    assert _fingerprint(pipeline.run(_executor(name, request))) == first
     assert len(first) == 12
 
 
-@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
-def test_a_stage_is_set_up_once_per_actor_not_per_task(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data", "service"])
+def test_a_stage_is_set_up_once_per_actor_not_per_task(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     log = tmp_path / "setups.log"
     pipeline = Pipeline("setup", [MakeBatches(num_tasks=10), CountingSetup(str(log))])
-    outputs = pipeline.run(EXECUTORS[name]())
+    outputs = pipeline.run(_executor(name, request))
     setups = log.read_text().split()
     pids = {pid for task in outputs for pid in task.to_pyarrow()["pid"].to_pylist()}
     assert len(outputs) == 10
@@ -172,6 +194,17 @@ def test_a_stage_that_keeps_failing_is_reported_with_its_name_and_traceback(name
     assert str(caught.value).startswith("stage 'AlwaysFails' failed in process() on task ")
     assert str(caught.value).endswith(": ValueError: this stage never works")
     assert 'raise ValueError("this stage never works")' in caught.value.traceback
+
+
+def test_the_service_reports_a_failing_stage_with_its_name_and_traceback(
+    service: EmbeddedService,
+) -> None:
+    pipeline = Pipeline("fail", [MakeBatches(num_tasks=2), AlwaysFails()])
+    with pytest.raises(JobFailed) as caught:
+        pipeline.run(ServiceExecutor(service.url, {"max_deliver": 1}), fuse=False)
+    message = str(caught.value)
+    assert re.match(r"job j[0-9a-f]{15}: 2 task\(s\) failed; first: step 1 task \w+ after 1 attempts: StageError: stage 'AlwaysFails' failed in process\(\) on task \w+: ValueError: this stage never works\n", message)  # fmt: skip
+    assert 'raise ValueError("this stage never works")' in message
 
 
 @pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import linecache
 import sys
 import types
 from collections.abc import Callable, Iterable
@@ -135,11 +136,12 @@ def _load(blob: CodeBlob, sha256: str) -> types.ModuleType:
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # class decorators (dataclass) look their module up while running
+    filename = f"<{blob.module} (code {sha256[:12]})>"
+    # Tracebacks through this code show its lines, as they do for an imported module.
+    linecache.cache[filename] = (len(blob.source), None, blob.source.splitlines(True), filename)
     try:
         with scratch_registrations():
-            exec(
-                compile(blob.source, f"<{blob.module} (code {sha256[:12]})>", "exec"), vars(module)
-            )
+            exec(compile(blob.source, filename, "exec"), vars(module))
     except Exception as exc:
         del sys.modules[name]
         raise SpecError(
