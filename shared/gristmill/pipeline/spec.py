@@ -179,7 +179,8 @@ def _params_model(cls: type) -> type[BaseModel]:
     """A pydantic model of `cls.__init__`'s parameters, for validating spec params."""
     signature = init_signature(cls)
     try:
-        hints = typing.get_type_hints(cls.__init__)  # inherited constructors too
+        # The constructor itself, inherited ones too (mypy refuses `cls.__init__`).
+        hints = typing.get_type_hints(getattr(cls, "__init__"))  # noqa: B009
     except Exception:  # unresolvable annotations: validate names and presence only
         hints = {}
     fields: dict[str, Any] = {}
