@@ -1,1 +1,1 @@
-"""The coordinator service (see DESIGN.md section 2); it arrives with the service issue."""
+"""The coordinator service: job progress and completion from events, slot assignment."""

@@ -1,1 +1,1 @@
-"""The planner service (see DESIGN.md section 2); it arrives with the service issue."""
+"""The planner service: validates submissions, plans them, publishes the first manifests."""

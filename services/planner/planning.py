@@ -45,10 +45,17 @@ class Planned:
     manifests: list[TaskManifest]
 
 
-def plan_job(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool) -> Planned:
-    """Validate `spec`, plan it, store its first tasks; `Rejected` when it cannot run."""
+def plan_job(
+    spec: JobSpec,
+    store: TaskStore,
+    output_root: str,
+    trust_code: bool,
+    loader: CodeLoader | None = None,
+) -> Planned:
+    """Validate `spec`, plan it, store its first tasks; `Rejected` when it cannot run.
+    `loader` (of the team's code; default: a new one) is used only when `trust_code`."""
     try:
-        return _plan(spec, store, output_root, trust_code)
+        return _plan(spec, store, output_root, trust_code, loader)
     except Rejected:
         raise
     except GristmillError as exc:
@@ -57,11 +64,20 @@ def plan_job(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool
         raise Rejected(f"the job cannot be planned: {type(exc).__name__}: {exc}") from exc
 
 
-def _plan(spec: JobSpec, store: TaskStore, output_root: str, trust_code: bool) -> Planned:
+def _plan(
+    spec: JobSpec,
+    store: TaskStore,
+    output_root: str,
+    trust_code: bool,
+    loader: CodeLoader | None,
+) -> Planned:
     job = job_id_for(spec.team, spec.request_id)
     if spec.code and not trust_code:
         raise Rejected(_untrusted(spec, store))
-    loader = CodeLoader(lambda sha: store.get_code(spec.team, sha)) if trust_code else None
+    if not trust_code:
+        loader = None
+    elif loader is None:
+        loader = CodeLoader(lambda sha: store.get_code(spec.team, sha))
     for sha in spec.code if loader else ():
         loader.module(sha)  # type: ignore[union-attr]  # the job's task classes, too
     load_class = loader.load_class if loader else None

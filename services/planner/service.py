@@ -22,6 +22,7 @@ from gristmill.bus.jobs import consumer_name, job_key, msg_id
 from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.bus.subjects import api_subject, event_subject, task_subject
 from gristmill.config import ServiceSettings
+from gristmill.pipeline.portable import CodeLoader
 from gristmill.store import TaskStore
 from services.planner.planning import Planned, Rejected, plan_job
 
@@ -37,6 +38,8 @@ class PlannerService:
         self.settings = settings
         self.store = TaskStore(settings.store_root)
         self.broker = NatsBroker(settings.nats_url, logger=None)
+        # One per team, kept: a pipeline's code is loaded once, not at every submission.
+        self._loaders = {team: _team_loader(self.store, team) for team in settings.teams}
         for team in settings.teams:
             submit = self.broker.subscriber(api_subject(team, "submit"), queue="planner")
             submit(self._submit_handler(team))
@@ -79,6 +82,7 @@ class PlannerService:
                 self.store,
                 self.settings.output_root,
                 self.settings.trust_code,
+                self._loaders[team],
             )
         except Rejected as exc:
             log.info("rejected a job of team %s: %s", team, exc)
@@ -132,3 +136,7 @@ class PlannerService:
             len(planned.manifests),
             record.first_step,
         )
+
+
+def _team_loader(store: TaskStore, team: str) -> CodeLoader:
+    return CodeLoader(lambda sha: store.get_code(team, sha))

@@ -1,1 +1,1 @@
-"""The worker service (see DESIGN.md section 2); it arrives with the service issue."""
+"""The worker service: pulls its steps' manifests and runs them in Ray actors."""

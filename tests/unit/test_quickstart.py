@@ -1,4 +1,4 @@
-"""The quickstart example `make demo` runs: it must run and print what it promises."""
+"""The quickstart example: it must run and print what it promises."""
 
 from __future__ import annotations
 

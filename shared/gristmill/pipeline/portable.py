@@ -18,6 +18,7 @@ import importlib.util
 import json
 import linecache
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from gristmill.tasks.registry import register_task_type
 __all__ = ["CodeBlob", "CodeLoader", "module_blob", "portable_spec", "task_blobs"]
 
 AnyStage = ProcessingStage[Any, Any]
+
+# Loading swaps the process's stage registry for a scratch one: one load at a time.
+_LOADING = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,12 @@ class CodeLoader:
         self._modules: dict[str, types.ModuleType] = {}
 
     def module(self, sha256: str) -> types.ModuleType:
-        """The module blob `sha256` defines, loaded on first use."""
-        if sha256 not in self._modules:
-            blob = CodeBlob.from_bytes(self._fetch(sha256), sha256)
-            self._modules[sha256] = _load(blob, sha256)
-        return self._modules[sha256]
+        """The module blob `sha256` defines, loaded on first use (thread-safe)."""
+        with _LOADING:
+            if sha256 not in self._modules:
+                blob = CodeBlob.from_bytes(self._fetch(sha256), sha256)
+                self._modules[sha256] = _load(blob, sha256)
+            return self._modules[sha256]
 
     def load_class(self, sha256: str, qualname: str) -> type:
         """The class `qualname` of blob `sha256` (a `ClassLoader` for `stage_from_spec`)."""

@@ -1,0 +1,226 @@
+"""Benchmark: the gristmill service against LocalExecutor, on this machine.
+
+    .venv/bin/python bench/service.py [--docs 100000] [--files 16] [--noop-tasks 5000]
+                                      [--latency-jobs 200] [--workers 2] [--slots 1]
+
+With the embedded service already up (NATS, planner, coordinator, `--workers` workers on one
+local Ray), in this order:
+
+1. text pipeline: `bench/text_quality.py`'s filters (JsonlReader -> 3 ScoreFilters ->
+   ParquetWriter) over its corpus, best of two runs each on LocalExecutor and on the service
+   (after one warm-up run on the service, so its actors exist, as on a service that is up);
+2. dispatch rate: a job whose first step fans out into `--noop-tasks` tasks of a no-op stage;
+   manifests/s = tasks / (first no-op task done -> last done), and end to end (submit -> done);
+3. latency: `--latency-jobs` one-task jobs submitted one after the other on the idle service,
+   submit -> final state as the client sees it; p50 and p99;
+4. memory: the largest PSS (proportional set size) of every process the service runs — NATS,
+   planner, coordinator, workers and all of Ray's — sampled each second during a run of (1).
+
+Targets (issue 5): (1) wall <= 1.15x LocalExecutor's; (2) >= 5,000 manifests/s; (3) p99 < 100 ms;
+(4) < 2 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pyarrow as pa
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import text_quality  # noqa: E402
+
+from gristmill import DocumentBatch, EmptyTask, LocalExecutor, Pipeline, ProcessingStage  # noqa: E402
+from gristmill.bus import JobSpec  # noqa: E402
+from gristmill.client import ServiceClient, new_request_id  # noqa: E402
+from gristmill.embedded import EmbeddedService  # noqa: E402
+from gristmill.executors.service import ServiceExecutor  # noqa: E402
+from gristmill.pipeline.portable import portable_spec  # noqa: E402
+from gristmill.stages.text.io import JsonlReader, ParquetWriter  # noqa: E402
+
+
+class FanOut(ProcessingStage[EmptyTask, DocumentBatch]):
+    """`count` one-row tasks."""
+
+    def __init__(self, count: int = 1000):
+        self.count = count
+
+    def process(self, task: EmptyTask) -> list[DocumentBatch]:
+        return [DocumentBatch(data=pa.table({"n": [i]})) for i in range(self.count)]
+
+
+class NoOp(ProcessingStage[Any, Any]):
+    """Returns its task."""
+
+    def process(self, task: Any) -> Any:
+        return task
+
+
+class ServiceMemory:
+    """Peak PSS of the service's processes: every descendant of this process (the driver,
+    which also runs the benchmark's LocalExecutor, is left out)."""
+
+    def __init__(self, interval: float = 1.0):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        root = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in root.children(recursive=True):
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(interval)
+
+    def __enter__(self) -> ServiceMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _text_pipeline(corpus: Path, out: Path) -> Pipeline:
+    shutil.rmtree(out, ignore_errors=True)
+    stages = [JsonlReader(str(corpus)), *text_quality._filters(), ParquetWriter(str(out))]
+    return Pipeline("bench-service", stages)
+
+
+def _timed(pipeline: Pipeline, executor: Any) -> float:
+    started = time.perf_counter()
+    pipeline.run(executor)
+    return time.perf_counter() - started
+
+
+def text_run(service: EmbeddedService, corpus: Path, out: Path) -> dict[str, float]:
+    local = min(_timed(_text_pipeline(corpus, out / "local"), LocalExecutor()) for _ in range(2))
+    _timed(_text_pipeline(corpus, out / "warm"), ServiceExecutor(service.url))
+    remote = min(
+        _timed(_text_pipeline(corpus, out / "service"), ServiceExecutor(service.url))
+        for _ in range(2)
+    )
+    with ServiceMemory() as memory:
+        _timed(_text_pipeline(corpus, out / "memory"), ServiceExecutor(service.url))
+    return {"local_s": local, "service_s": remote, "peak_mb": memory.peak / 1e6}
+
+
+async def dispatch(service: EmbeddedService, tasks: int) -> dict[str, float]:
+    client = await ServiceClient.connect(service.url)
+    try:
+        spec, blobs = portable_spec("noop", [FanOut(tasks), NoOp()])
+        store = await client.store()
+        for sha, blob in blobs.items():
+            store.put_code(client.team, sha, blob.to_bytes())
+        submission = JobSpec(
+            team=client.team, request_id=new_request_id(), pipeline=spec, code=sorted(blobs)
+        )
+        started = time.perf_counter()
+        job = await client.submit(submission)
+        state = await client.wait(job)
+        wall = time.perf_counter() - started
+        if state.state != "completed" or state.tasks_done != tasks + 1:
+            raise RuntimeError(f"the dispatch job did not complete as expected: {state}")
+        done = [d for d in await client.done_events(job) if d.step == 1]
+        times = await _done_times(client, job)
+        noop_span = max(times) - min(times)
+        return {
+            "tasks": len(done),
+            "end_to_end_s": wall,
+            "per_s_end_to_end": len(done) / wall,
+            "noop_span_s": noop_span,
+            "per_s_noop_step": (len(done) - 1) / noop_span,
+        }
+    finally:
+        await client.close()
+
+
+async def _done_times(client: ServiceClient, job: str) -> list[float]:
+    """When each no-op task's TaskDone reached the events stream (server timestamps)."""
+    from gristmill.bus.client import replay
+    from gristmill.bus.subjects import event_subject
+
+    stamps = []
+    async for msg in replay(client.js, event_subject(client.team, job, "task_done")):
+        if json.loads(msg.data)["step"] == 1:
+            stamps.append(msg.metadata.timestamp.timestamp())
+    return stamps
+
+
+async def latency(service: EmbeddedService, jobs: int) -> dict[str, float]:
+    client = await ServiceClient.connect(service.url)
+    try:
+        spec, blobs = portable_spec("one", [NoOp()])
+        store = await client.store()
+        for sha, blob in blobs.items():
+            store.put_code(client.team, sha, blob.to_bytes())
+        seconds = []
+        for index in range(jobs + 5):
+            submission = JobSpec(
+                team=client.team, request_id=new_request_id(), pipeline=spec, code=sorted(blobs)
+            )
+            started = time.perf_counter()
+            job = await client.submit(submission)
+            state = await client.wait(job)
+            elapsed = time.perf_counter() - started
+            if state.state != "completed":
+                raise RuntimeError(f"a latency job did not complete: {state}")
+            if index >= 5:  # the first jobs start the actor
+                seconds.append(elapsed)
+        seconds.sort()
+        return {
+            "jobs": jobs,
+            "p50_ms": 1000 * statistics.median(seconds),
+            "p99_ms": 1000 * seconds[max(0, round(0.99 * len(seconds)) - 1)],
+            "max_ms": 1000 * seconds[-1],
+        }
+    finally:
+        await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--noop-tasks", type=int, default=5000)
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--slots", type=int, default=1)
+    args = parser.parse_args()
+
+    corpus = text_quality.generate(args.docs, args.files)
+    cache = text_quality.CACHE
+    shutil.rmtree(cache / "service-state", ignore_errors=True)
+    out = cache / "service-out"
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    with EmbeddedService(
+        cache / "service-state", workers=args.workers, slots=args.slots, output_root=str(cache)
+    ) as service:
+        results["start_s"] = time.perf_counter() - started
+        results["text"] = text_run(service, corpus, out)
+        results["dispatch"] = asyncio.run(dispatch(service, args.noop_tasks))
+        results["latency"] = asyncio.run(latency(service, args.latency_jobs))
+    text = results["text"]
+    text["ratio"] = text["service_s"] / text["local_s"]
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
