@@ -53,6 +53,8 @@ from gristmill.stages.text.io import JsonlReader, ParquetWriter  # noqa: E402
 class FanOut(ProcessingStage[EmptyTask, DocumentBatch]):
     """`count` one-row tasks."""
 
+    fans_out = True  # so it is not fused with the no-op stage after it
+
     def __init__(self, count: int = 1000):
         self.count = count
 
@@ -215,7 +217,9 @@ def main() -> None:
     ) as service:
         results["start_s"] = time.perf_counter() - started
         results["text"] = text_run(service, corpus, out)
+        print(json.dumps(results["text"]), flush=True)
         results["dispatch"] = asyncio.run(dispatch(service, args.noop_tasks))
+        print(json.dumps(results["dispatch"]), flush=True)
         results["latency"] = asyncio.run(latency(service, args.latency_jobs))
     text = results["text"]
     text["ratio"] = text["service_s"] / text["local_s"]

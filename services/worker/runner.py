@@ -14,6 +14,8 @@ import time
 import traceback
 from typing import Any
 
+import pyarrow as pa
+
 from gristmill.bus import TaskManifest
 from gristmill.bus.jobs import JobRecord
 from gristmill.errors import StageError
@@ -59,7 +61,9 @@ class StepRunner:
     def run(self, manifests: list[bytes]) -> list[dict[str, Any]]:
         """Run each manifest's task on its own; one result per manifest, in order: `ok` with
         the output refs and counts, or not `ok` with the error and its traceback."""
-        return [self._one(TaskManifest.from_json(raw)) for raw in manifests]
+        results = [self._one(TaskManifest.from_json(raw)) for raw in manifests]
+        pa.default_memory_pool().release_unused()  # an idle actor should not sit on buffers
+        return results
 
     def teardown(self) -> None:
         """Let the stage release what it holds."""

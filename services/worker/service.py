@@ -257,34 +257,11 @@ class WorkerService:
         return record
 
     async def _handle_batch(self, key: tuple[str, str, int], msgs: list[Any]) -> None:
-        from nats.js.errors import KeyNotFoundError
 
         team, job, step = key
         record = await self._record(team, job)
-        todo: list[tuple[Any, TaskManifest]] = []
-        for msg in msgs:
-            try:
-                manifest = TaskManifest.from_json(msg.data)
-            except Exception as exc:
-                log.error("job %s step %d: unreadable manifest, dropped: %s", job, step, exc)
-                await msg.term()
-                continue
-            try:
-                entry = await self._kv[team, "done"].get(done_key(job, step, manifest.task_id))
-            except KeyNotFoundError:
-                entry = None
-            if entry is not None and entry.value:
-                await self._announce(team, TaskDone.from_json(entry.value), msg)
-                continue
-            attempts = msg.metadata.num_delivered
-            if attempts > record.spec.options.max_deliver:
-                error = (
-                    f"attempt {attempts} of at most {record.spec.options.max_deliver}: the "
-                    f"previous attempt ended without a result (its worker died?)"
-                )
-                await self._dead_letter(team, record, manifest, msg, error, "")
-                continue
-            todo.append((msg, manifest))
+        checked = await asyncio.gather(*(self._triage(team, record, step, msg) for msg in msgs))
+        todo = [item for item in checked if item is not None]
         if not todo:
             return
         started = time.perf_counter()
@@ -298,6 +275,37 @@ class WorkerService:
                 for (msg, manifest), result in zip(todo, results, strict=True)
             )
         )
+
+    async def _triage(
+        self, team: str, record: JobRecord, step: int, msg: Any
+    ) -> tuple[Any, TaskManifest] | None:
+        """The manifest of `msg` if it is to be run; otherwise settle it here: unreadable
+        (terminated), finished before (announced again, acked), or past its last attempt
+        (dead-lettered)."""
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            manifest = TaskManifest.from_json(msg.data)
+        except Exception as exc:
+            log.error("job %s step %d: unreadable manifest, dropped: %s", record.job, step, exc)
+            await msg.term()
+            return None
+        try:
+            entry = await self._kv[team, "done"].get(done_key(record.job, step, manifest.task_id))
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value:
+            await self._announce(team, TaskDone.from_json(entry.value), msg)
+            return None
+        attempts = msg.metadata.num_delivered
+        if attempts > record.spec.options.max_deliver:
+            error = (
+                f"attempt {attempts} of at most {record.spec.options.max_deliver}: the "
+                f"previous attempt ended without a result (its worker died?)"
+            )
+            await self._dead_letter(team, record, manifest, msg, error, "")
+            return None
+        return msg, manifest
 
     async def _run(
         self, key: tuple[str, str, int], record: JobRecord, manifests: list[TaskManifest]
@@ -330,6 +338,7 @@ class WorkerService:
         pool = self._actors.setdefault(actor_key, _Actors())
         if pool.idle:
             return pool.idle.pop()
+        self._evict_unwanted_actors()
         # CPU concurrency is the worker's slots, not Ray's: an actor asks Ray for no CPU, so
         # idle actors of other steps never hold back new ones. GPU steps ask for their share.
         info = record.steps[step]
@@ -351,6 +360,23 @@ class WorkerService:
             self.settings.trust_code,
             self.worker_id,
         )
+
+    def _evict_unwanted_actors(self) -> None:
+        """Stop the idle actors of steps no assigned job runs (before starting another: each
+        holds a set-up stage and its memory). Actors of assigned steps stay warm."""
+        import ray
+
+        wanted = {
+            (team, record.fingerprint, step)
+            for (team, job, step) in self._assigned
+            if (record := self._records.get((team, job))) is not None
+        }
+        for actor_key, pool in list(self._actors.items()):
+            if actor_key not in wanted and pool.idle:
+                for actor in pool.idle:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                pool.idle.clear()
 
     async def _reap_idle_actors(self) -> None:
         import ray

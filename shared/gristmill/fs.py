@@ -65,8 +65,23 @@ def file_size(path: str) -> int:
     return int(fs.size(stripped))
 
 
+def _local(path: str) -> str | None:
+    """The plain path of a local file (no scheme, or file://), else None: the fast path that
+    skips fsspec for the many small files the service stores."""
+    if path.startswith("file://"):
+        return path[len("file://") :]
+    return None if "://" in path or "::" in path else path
+
+
+_MADE_DIRS: set[str] = set()
+
+
 def read_bytes(path: str) -> bytes:
     """The whole content of a file."""
+    local = _local(path)
+    if local is not None:
+        with open(local, "rb") as handle:
+            return handle.read()
     fs, stripped = _fs(path)
     data: bytes = fs.cat_file(stripped)
     return data
@@ -87,15 +102,18 @@ def write_once(path: str, payload: bytes) -> bytes:
     """Write `payload` to `path` unless a file is there already; return the bytes the file
     holds afterwards (the first writer's). Locally the first writer wins atomically (a hard
     link to a complete temporary file); elsewhere a file found existing is kept."""
-    fs, target = _fs(path)
-    if not isinstance(fs, LocalFileSystem):
-        if fs.exists(target):
-            return bytes(fs.cat_file(target))
+    target = _local(path)
+    if target is None:
+        fs, stripped = _fs(path)
+        if fs.exists(stripped):
+            return bytes(fs.cat_file(stripped))
         with atomic_write(path) as handle:
             handle.write(payload)
         return payload
     parent = os.path.dirname(target) or "."
-    os.makedirs(parent, exist_ok=True)
+    if parent not in _MADE_DIRS:
+        os.makedirs(parent, exist_ok=True)
+        _MADE_DIRS.add(parent)
     temporary = os.path.join(parent, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
     try:
         with open(temporary, "wb") as handle:

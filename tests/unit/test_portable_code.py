@@ -98,11 +98,13 @@ def user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.Modu
     module = importlib.import_module(USER_MODULE)
     yield module
     sys.modules.pop(USER_MODULE, None)
-    sys.modules.pop(scratch_module(module_blob_sha(USER_SOURCE)), None)
+    sys.modules.pop(scratch_module(user_blob(module).sha256), None)
 
 
-def module_blob_sha(source: str, module: str = USER_MODULE) -> str:
-    return CodeBlob(module=module, source=source).sha256
+def user_blob(user: types.ModuleType) -> CodeBlob:
+    """The blob `module_blob` makes of the user's module (its path included)."""
+    path = str(Path(user.__file__ or "").resolve())
+    return CodeBlob(module=USER_MODULE, source=USER_SOURCE, path=path)
 
 
 def loader_of(*blobs: CodeBlob) -> tuple[CodeLoader, list[str]]:
@@ -137,7 +139,7 @@ def test_portable_spec_ships_user_classes_by_code_and_installed_stages_by_name(
     spec, blobs = portable_spec(
         "shout", [user.Shout(suffix="?"), JsonlWriter(path="/out")], description="loud"
     )
-    blob = CodeBlob(module=USER_MODULE, source=USER_SOURCE)
+    blob = user_blob(user)
     assert blobs == {blob.sha256: blob}
     assert spec == {
         "name": "shout",
@@ -169,7 +171,7 @@ def test_one_blob_per_module_however_many_of_its_classes_are_used(
 
 def test_task_blobs_ship_the_modules_of_user_task_classes_only(user: types.ModuleType) -> None:
     tasks = [user.Tally(data=[1]), EmptyTask(), batch("a"), user.Tally(data=[2])]
-    blob = CodeBlob(module=USER_MODULE, source=USER_SOURCE)
+    blob = user_blob(user)
     assert task_blobs(tasks) == {blob.sha256: blob}
     assert task_blobs([EmptyTask(), batch("a")]) == {}
 
@@ -205,6 +207,7 @@ def test_loaded_classes_keep_the_module_name_they_were_written_in(
     assert task_type_name(loader.load_class(sha, "Tally")) == f"{USER_MODULE}:Tally"
     assert loader.module(sha) is loader.module(sha)
     assert loader.module(sha).__name__ == scratch_module(sha)
+    assert loader.module(sha).__file__ == str(Path(user.__file__ or "").resolve())
     assert fetched == [sha]
 
 

@@ -46,10 +46,14 @@ class CodeBlob:
 
     module: str
     source: str
+    path: str = ""  # where the submitter's file was (the loaded module's `__file__`)
 
     def to_bytes(self) -> bytes:
         """Canonical bytes (what `sha256` is computed over)."""
-        return json.dumps({"module": self.module, "source": self.source}, sort_keys=True).encode()
+        fields = {"module": self.module, "source": self.source}
+        if self.path:
+            fields["path"] = self.path
+        return json.dumps(fields, sort_keys=True).encode()
 
     @property
     def sha256(self) -> str:
@@ -62,7 +66,7 @@ class CodeBlob:
         if hashlib.sha256(payload).hexdigest() != sha256:
             raise SpecError(f"code {sha256[:12]}: stored bytes do not match their SHA-256")
         raw = json.loads(payload)
-        return cls(module=raw["module"], source=raw["source"])
+        return cls(module=raw["module"], source=raw["source"], path=raw.get("path", ""))
 
 
 def module_blob(module_name: str) -> CodeBlob:
@@ -74,7 +78,8 @@ def module_blob(module_name: str) -> CodeBlob:
             f"module {module_name!r} has no Python source file, so its classes cannot be sent "
             f"to the service; define them in a .py file (or register them as installed stages)"
         )
-    return CodeBlob(module=module_name, source=Path(path).read_text(encoding="utf-8"))
+    source = Path(path).read_text(encoding="utf-8")
+    return CodeBlob(module=module_name, source=source, path=str(Path(path).resolve()))
 
 
 def portable_spec(
@@ -142,6 +147,7 @@ def _load(blob: CodeBlob, sha256: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # class decorators (dataclass) look their module up while running
     filename = f"<{blob.module} (code {sha256[:12]})>"
+    module.__file__ = blob.path or filename  # scripts that find their data next to themselves
     # Tracebacks through this code show its lines, as they do for an imported module.
     linecache.cache[filename] = (len(blob.source), None, blob.source.splitlines(True), filename)
     try:
