@@ -46,17 +46,13 @@ class StepRunner:
         pipeline = Pipeline.from_spec(record.spec.pipeline, loader.load_class if loader else None)
         self.stage = pipeline.build(fuse=record.spec.options.fuse).physical_stages()[step]
         metadata = WorkerMetadata(worker_id=worker)
-        for phase, call in (
-            (
-                "setup_on_node",
-                lambda: self.stage.setup_on_node(NodeInfo(socket.gethostname()), metadata),
-            ),
-            ("setup", lambda: self.stage.setup(metadata)),
-        ):
-            try:
-                call()
-            except Exception as exc:
-                raise StageError(self.stage.name, exc, phase=phase) from exc
+        phase = "setup_on_node"
+        try:
+            self.stage.setup_on_node(NodeInfo(socket.gethostname()), metadata)
+            phase = "setup"
+            self.stage.setup(metadata)
+        except Exception as exc:
+            raise StageError(self.stage.name, exc, phase=phase) from exc
 
     def run(self, manifests: list[bytes]) -> list[dict[str, Any]]:
         """Run each manifest's task on its own; one result per manifest, in order: `ok` with

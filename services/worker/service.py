@@ -347,12 +347,10 @@ class WorkerService:
             gpus = gpu_request(
                 info.name,
                 Resources(gpus=info.gpus, gpu_memory_gb=info.gpu_memory_gb),
-                ray.cluster_resources().get("GPU", 0.0),
+                ray.cluster_resources().get("GPU", 0.0),  # type: ignore[no-untyped-call]
                 gpu_memory_gb(),
             )
-        remote = ray.remote(StepRunner).options(  # type: ignore[call-overload]
-            num_cpus=0, num_gpus=gpus
-        )
+        remote = ray.remote(StepRunner).options(num_cpus=0, num_gpus=gpus)
         return remote.remote(
             record.to_json(),
             step,
@@ -497,7 +495,9 @@ class WorkerService:
             attempts=attempts,
             worker=self.worker_id,
         )
-        ids = (manifest.job, manifest.step, manifest.task_id, attempts)
+        # Per published manifest (its stream sequence): a retried dead letter that fails again
+        # is a new dead letter, while a repeat of this very step is dropped as a duplicate.
+        ids = (manifest.job, manifest.step, manifest.task_id, msg.metadata.sequence.stream)
         await publish(
             self._js,
             dlq_subject(team, manifest.job, str(manifest.step)),

@@ -62,6 +62,8 @@ def test_layout_is_created_idempotently_with_its_limits(server: EmbeddedNats) ->
         assert info.config.max_bytes == 64 << 20
         assert info.config.duplicate_window == 30
         assert (await js.stream_info("GM_WEB_TEAM_DLQ")).config.subjects == ["gm.web-team.dlq.>"]
+        spans = (await js.stream_info("GM_WEB_TEAM_SPANS")).config
+        assert (spans.subjects, spans.retention) == (["gm.web-team.span.>"], RetentionPolicy.LIMITS)
         await ensure_layout(js, layout, StreamLimits(max_bytes=128 << 20))
         assert (await js.stream_info("GM_WEB_TEAM_TASKS")).config.max_bytes == 128 << 20
         for purpose in ("jobs", "done", "assignments"):

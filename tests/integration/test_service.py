@@ -306,7 +306,7 @@ def poisoned_corpus(directory: Path) -> Path:
 
 
 def test_a_poison_task_is_dead_lettered_after_max_deliver_and_the_rest_arrives(
-    service: EmbeddedService, base: Path
+    service: EmbeddedService, base: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     corpus = poisoned_corpus(base / "poisoned")
     pipeline = Pipeline(
@@ -339,6 +339,23 @@ def test_a_poison_task_is_dead_lettered_after_max_deliver_and_the_rest_arrives(
         in letter.failure.traceback
     )
     assert letter.manifest.step == 1
+
+    monkeypatch.setenv("GRISTMILL_NATS_URL", service.url)
+    job, task = executor.job, letter.manifest.task_id
+    assert main(["dlq", "list", job]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith(
+        f"{job}  step 1  task {task}  2 attempts  StageError: stage 'PoisonOn'"
+    )
+    assert main(["dlq", "show", job, "--task", task]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"job {job} step 1 (jsonl_reader+PoisonOn+jsonl_writer) task {task}\n")
+    assert "attempts: 2, last on worker cpu-" in shown
+    assert "ValueError: poisoned batch " in shown
+    assert main(["dlq", "retry", job]) == 0
+    assert capsys.readouterr().out == f"task {task} of job {job} published again\n"
+    # Still poisoned: two more attempts, then a second dead letter (not a duplicate of the first).
+    until(lambda: len(client_call(service, lambda c: c.dead_letters(job))) == 2, "a 2nd letter")
 
     strict = ServiceExecutor(service.url, config={"max_deliver": 1})
     with pytest.raises(JobFailed, match=r"job j[0-9a-f]{15}: 1 task\(s\) failed; first: step 1 task [0-9a-f]{32} after 1 attempts: StageError"):  # fmt: skip

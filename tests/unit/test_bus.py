@@ -26,7 +26,14 @@ from gristmill.bus import (
     task_subject,
     team_subjects,
 )
-from gristmill.bus.subjects import Subject, SubjectError, dlq_subject
+from gristmill.bus.subjects import (
+    Subject,
+    SubjectError,
+    dlq_filter,
+    dlq_subject,
+    event_filter,
+    span_subject,
+)
 
 SHA = "a" * 64
 
@@ -44,6 +51,10 @@ def test_subjects_parse_back_to_their_parts() -> None:
     assert parse_subject("gm.web.api.status") == Subject("web", "api", verb="status")
     assert dlq_subject("web", "job-1", "s0") == "gm.web.dlq.job-1.s0"
     assert parse_subject("gm.web.dlq.job-1.s0") == Subject("web", "dlq", job="job-1", step="s0")
+    assert span_subject("web", "job-1", "attempt") == "gm.web.span.job-1.attempt"
+    assert parse_subject("gm.web.span.job-1.attempt") == Subject("web", "span", job="job-1", event="attempt")  # fmt: skip
+    assert event_filter("web") == "gm.web.event.*.>"
+    assert dlq_filter("web", "job-1") == "gm.web.dlq.job-1.>"
 
 
 @pytest.mark.parametrize("bad", ["Web", "a.b", "a*", ">", "", "has space", "-lead", "x" * 65])

@@ -6,6 +6,7 @@ idempotently at start-up (the same call on every service start; a changed limit 
 | GM_<TEAM>_TASKS   | task manifests, `gm.<team>.task.>`       | work queue           |
 | GM_<TEAM>_EVENTS  | events, `gm.<team>.event.>`              | limits (age, bytes)  |
 | GM_<TEAM>_DLQ     | dead letters, `gm.<team>.dlq.>`          | limits (age, bytes)  |
+| GM_<TEAM>_SPANS   | trace spans, `gm.<team>.span.>`          | limits (age, bytes)  |
 | KV gm_<team>_jobs | job specs and states                    | latest value         |
 | KV gm_<team>_done | one record per finished (job, step, task)| latest value, TTL    |
 | KV gm_<team>_assignments | worker slots per step            | latest value         |
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gristmill.bus.subjects import PREFIX, check_token
+from gristmill.bus.subjects import Kind, check_token, stream_subjects
 
 __all__ = ["StreamLimits", "TeamLayout", "ensure_layout"]
 
@@ -62,38 +63,37 @@ class TeamLayout:
         """Stream of dead letters."""
         return f"GM_{self._upper}_DLQ"
 
+    @property
+    def spans_stream(self) -> str:
+        """Stream of trace spans."""
+        return f"GM_{self._upper}_SPANS"
+
     def bucket(self, purpose: str) -> str:
         """KV bucket name for `purpose` (jobs, done, assignments)."""
         return f"gm_{self.team.replace('-', '_')}_{purpose}"
 
     def stream_configs(self, limits: StreamLimits) -> list[dict[str, Any]]:
-        """The three streams as nats-py `StreamConfig` keyword arguments."""
-        base = f"{PREFIX}.{self.team}"
+        """The four streams as nats-py `StreamConfig` keyword arguments."""
         common = {
             "max_bytes": limits.max_bytes,
             "max_age": limits.max_age_s,
             "duplicate_window": limits.duplicate_window_s,
             "storage": "file",
         }
+        streams: list[tuple[str, Kind, str]] = [
+            (self.tasks_stream, "task", "workqueue"),
+            (self.events_stream, "event", "limits"),
+            (self.dlq_stream, "dlq", "limits"),
+            (self.spans_stream, "span", "limits"),
+        ]
         return [
             {
-                "name": self.tasks_stream,
-                "subjects": [f"{base}.task.>"],
-                "retention": "workqueue",
+                "name": name,
+                "subjects": [stream_subjects(self.team, kind)],
+                "retention": retention,
                 **common,
-            },
-            {
-                "name": self.events_stream,
-                "subjects": [f"{base}.event.>"],
-                "retention": "limits",
-                **common,
-            },
-            {
-                "name": self.dlq_stream,
-                "subjects": [f"{base}.dlq.>"],
-                "retention": "limits",
-                **common,
-            },
+            }
+            for name, kind, retention in streams
         ]
 
 

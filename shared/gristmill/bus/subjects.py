@@ -4,6 +4,7 @@
     gm.<team>.event.<job>.<kind>    what happened (task_done, task_failed, job_state, ...)
     gm.<team>.api.<verb>            requests (submit, status, ...)
     gm.<team>.dlq.<job>.<step>      tasks that failed their last attempt, with the error
+    gm.<team>.span.<job>.<kind>     trace spans of a job's task attempts
 
 A team owns `gm.<team>.>`: its NATS user may reach nothing else.
 """
@@ -26,6 +27,8 @@ __all__ = [
     "event_filter",
     "event_subject",
     "parse_subject",
+    "span_subject",
+    "stream_subjects",
     "task_subject",
     "team_subjects",
 ]
@@ -33,7 +36,7 @@ __all__ = [
 PREFIX = "gm"
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
-Kind = Literal["task", "event", "api", "dlq"]
+Kind = Literal["task", "event", "api", "dlq", "span"]
 
 
 class SubjectError(GristmillError, ValueError):
@@ -71,6 +74,16 @@ def dlq_subject(team: str, job: str, step: str) -> str:
     return _subject(team, "dlq", ("job", job), ("step", step))
 
 
+def span_subject(team: str, job: str, kind: str) -> str:
+    """Where spans of `kind` (e.g. task attempts) of `job` are published."""
+    return _subject(team, "span", ("job", job), ("span kind", kind))
+
+
+def stream_subjects(team: str, kind: Kind) -> str:
+    """Every subject of one kind of a team (what its stream holds)."""
+    return f"{PREFIX}.{check_token('team', team)}.{kind}.>"
+
+
 def api_subject(team: str, verb: str) -> str:
     """Where a team's requests for `verb` go."""
     return _subject(team, "api", ("verb", verb))
@@ -106,7 +119,7 @@ class Subject:
 def parse_subject(subject: str) -> Subject:
     """The parts of a subject built by this module; anything else is an error naming it."""
     parts = subject.split(".")
-    shapes = {"task": 5, "event": 5, "api": 4, "dlq": 5}
+    shapes = {"task": 5, "event": 5, "api": 4, "dlq": 5, "span": 5}
     if (
         len(parts) < 3
         or parts[0] != PREFIX
@@ -123,4 +136,6 @@ def parse_subject(subject: str) -> Subject:
         return Subject(team, "event", job=parts[3], event=parts[4])
     if kind == "dlq":
         return Subject(team, "dlq", job=parts[3], step=parts[4])
+    if kind == "span":
+        return Subject(team, "span", job=parts[3], event=parts[4])
     return Subject(team, "api", verb=parts[3])
