@@ -1,0 +1,45 @@
+"""`gristmill run` on a machine with no service: it starts one, runs the pipeline, stops it —
+what `make demo` does."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gristmill.cli import main
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_gristmill_run_starts_a_service_runs_the_pipeline_and_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRISTMILL_NATS_URL", raising=False)
+    monkeypatch.setenv("GRISTMILL_STATE_DIR", str(tmp_path / "state"))
+    spec = str(ROOT / "examples" / "pipelines" / "quality.yaml")
+
+    assert main(["run", spec, "--input", str(ROOT / "examples" / "data"), "--output", "out"]) == 0
+
+    out = capsys.readouterr().out
+    assert re.search(r"^gristmill service up at nats://127\.0\.0\.1:\d+ ", out, re.MULTILINE)
+    assert re.search(r"job j[0-9a-f]{15} completed in [0-9.]+ s: 449 documents in, 340 out, 109 dropped; 0 failed tasks", out)  # fmt: skip
+    assert f"output: {tmp_path / 'out'}\n" in out
+    assert out.endswith("gristmill service stopped\n")
+    ids = [
+        json.loads(line)["id"]
+        for path in sorted((tmp_path / "out").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert len(ids) == len(set(ids)) == 340
+    assert not (tmp_path / "state" / "service.json").exists()
+    assert main(["down"]) == 0
+    assert capsys.readouterr().out == (
+        f"no gristmill service runs with state dir {tmp_path / 'state'}\n"
+    )
