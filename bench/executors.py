@@ -38,10 +38,12 @@ EXECUTORS = ("local", "xenna-streaming", "xenna-batch", "ray-data")
 
 
 class TreeMemory:
-    """Samples the PSS of this process and all its descendants; keeps the peak."""
+    """Samples the PSS of this process (unless `include_root` is False) and all its
+    descendants; keeps the peak."""
 
-    def __init__(self, interval: float = 1.0):
+    def __init__(self, interval: float = 1.0, include_root: bool = True):
         self.peak = 0
+        self.include_root = include_root
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
 
@@ -49,7 +51,8 @@ class TreeMemory:
         root = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for proc in [root, *root.children(recursive=True)]:
+            tree = root.children(recursive=True)
+            for proc in [root, *tree] if self.include_root else tree:
                 try:
                     total += proc.memory_full_info().pss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):

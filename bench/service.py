@@ -28,18 +28,17 @@ import json
 import shutil
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pyarrow as pa
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import text_quality  # noqa: E402
+from executors import TreeMemory  # noqa: E402
 
 from gristmill import DocumentBatch, EmptyTask, LocalExecutor, Pipeline, ProcessingStage  # noqa: E402
 from gristmill.bus import JobSpec  # noqa: E402
@@ -69,36 +68,6 @@ class NoOp(ProcessingStage[Any, Any]):
         return task
 
 
-class ServiceMemory:
-    """Peak PSS of the service's processes: every descendant of this process (the driver,
-    which also runs the benchmark's LocalExecutor, is left out)."""
-
-    def __init__(self, interval: float = 1.0):
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-
-    def _run(self, interval: float) -> None:
-        root = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in root.children(recursive=True):
-                try:
-                    total += proc.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-            self.peak = max(self.peak, total)
-            self._stop.wait(interval)
-
-    def __enter__(self) -> ServiceMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def _text_pipeline(corpus: Path, out: Path) -> Pipeline:
     shutil.rmtree(out, ignore_errors=True)
     stages = [JsonlReader(str(corpus)), *text_quality._filters(), ParquetWriter(str(out))]
@@ -118,7 +87,8 @@ def text_run(service: EmbeddedService, corpus: Path, out: Path) -> dict[str, flo
         _timed(_text_pipeline(corpus, out / "service"), ServiceExecutor(service.url))
         for _ in range(2)
     )
-    with ServiceMemory() as memory:
+    # The driver (this process) also runs LocalExecutor's rounds: only the service is counted.
+    with TreeMemory(include_root=False) as memory:
         _timed(_text_pipeline(corpus, out / "memory"), ServiceExecutor(service.url))
     return {"local_s": local, "service_s": remote, "peak_mb": memory.peak / 1e6}
 

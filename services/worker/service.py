@@ -164,7 +164,9 @@ class WorkerService:
                     key = (team, item["job"], item["step"])
                     wanted[key] = _Assigned(team, item["job"], item["step"], item["slots"])
             for key in [k for k in self._assigned if k[0] == team and k not in wanted]:
-                del self._assigned[key]
+                del self._assigned[key]  # its puller ends after the batches it holds
+            for key in [k for k, puller in self._pullers.items() if puller.done()]:
+                del self._pullers[key]
             for key, assigned in wanted.items():
                 self._assigned[key] = assigned  # a changed slot count applies at once
                 puller = self._pullers.get(key)
