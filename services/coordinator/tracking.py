@@ -39,6 +39,7 @@ class JobTracker:
         self.steps: dict[int, StepTally] = {}
         self.announced: str = ""  # the final state already published, if any
         self.finished_at: float | None = None
+        self.waiting_for: str = ""  # set by assign_slots: a pool without a live worker
 
     def _tally(self, step: int) -> StepTally:
         return self.steps.setdefault(step, StepTally())
@@ -123,6 +124,7 @@ class JobTracker:
             steps=counts,
             submitted_at=started.submitted_at if started else 0.0,
             finished_at=self.finished_at if state not in ("pending", "running") else None,
+            error=self.waiting_for if state == "running" else "",
         )
 
 
@@ -139,10 +141,11 @@ def assign_slots(
 ) -> dict[str, list[dict[str, Any]]]:
     """Which steps each worker pulls, with how many of its slots.
 
-    Every step of an unfinished job from the first step that still has work onwards is active
-    (so downstream steps are pulled the moment their first task appears); each worker of a
-    step's pool gets every active step, its slots shared in proportion to backlog + 1, at least
-    one each. Giving every worker every step keeps a job moving when a worker dies."""
+        Every step of an unfinished job from the first step that still has work onwards is active
+        (so downstream steps are pulled the moment their first task appears); each worker of a
+        step's pool gets every active step, its slots shared in proportion to backlog + 1, at least
+        one each. Giving every worker every step keeps a job moving when a worker dies. A job with an
+    active step no live worker can take says so in its state (`waiting_for`) until one joins."""
     active: list[tuple[str, int, str, int]] = []  # job, step, pool, weight
     for job, tracker in sorted(jobs.items()):
         started = tracker.started
@@ -154,6 +157,10 @@ def assign_slots(
             upstream_busy = upstream_busy or backlog > 0
             if upstream_busy:
                 active.append((job, step, started.steps[step].pool, backlog + 1))
+    pools = {info.pool for info in workers.values()}
+    for job, tracker in jobs.items():
+        missing = sorted({pool for j, _, pool, _ in active if j == job and pool not in pools})
+        tracker.waiting_for = ", ".join(f"no live {pool} worker" for pool in missing)
     plan: dict[str, list[dict[str, Any]]] = {}
     for worker, info in sorted(workers.items()):
         mine = [a for a in active if a[2] == info.pool]

@@ -367,7 +367,11 @@ def test_steps_of_a_pool_without_live_workers_are_given_to_nobody() -> None:
     jobs = {"j1": running("j1", ("a",))}
     plan = assign_slots({"cpu-1": WorkerInfo("cpu", 4)}, jobs)
     assert [a["step"] for a in plan["cpu-1"]] == [1, 3]
+    assert jobs["j1"].state().error == "no live gpu worker"  # the job says what it waits for
     assert assign_slots({}, jobs) == {}
+    assert jobs["j1"].state().error == "no live cpu worker, no live gpu worker"
+    assign_slots({"cpu-1": WorkerInfo("cpu", 4), "gpu-1": WorkerInfo("gpu", 1)}, jobs)
+    assert jobs["j1"].state().error == ""
 
 
 def test_finished_and_unstarted_jobs_get_no_slots() -> None:
