@@ -43,3 +43,29 @@ def test_gristmill_run_starts_a_service_runs_the_pipeline_and_stops_it(
     assert capsys.readouterr().out == (
         f"no gristmill service runs with state dir {tmp_path / 'state'}\n"
     )
+
+
+def test_a_registered_only_service_refuses_a_pipeline_bringing_its_own_classes(
+    tmp_path: Path,
+) -> None:
+    from service_stages import RecordCalls
+
+    from gristmill import Pipeline
+    from gristmill.client import JobRejected
+    from gristmill.embedded import EmbeddedService
+    from gristmill.executors.service import ServiceExecutor
+    from gristmill.stages.text.io import JsonlReader
+
+    pipeline = Pipeline(
+        "own", [JsonlReader(file_paths=str(ROOT / "examples" / "data")), RecordCalls("x.log")]
+    )
+    with (
+        EmbeddedService(tmp_path / "state", workers=0, trust_code=False) as service,
+        pytest.raises(JobRejected) as caught,
+    ):
+        pipeline.run(ServiceExecutor(service.url))
+    assert str(caught.value) == (
+        "stage #3 is the class service_stages:RecordCalls, which is not registered on this "
+        "service; it runs registered stages only (install the stage where the service runs, "
+        "under the entry points 'gristmill.stages')"
+    )
