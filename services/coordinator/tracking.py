@@ -141,11 +141,12 @@ def assign_slots(
 ) -> dict[str, list[dict[str, Any]]]:
     """Which steps each worker pulls, with how many of its slots.
 
-        Every step of an unfinished job from the first step that still has work onwards is active
-        (so downstream steps are pulled the moment their first task appears); each worker of a
-        step's pool gets every active step, its slots shared in proportion to backlog + 1, at least
-        one each. Giving every worker every step keeps a job moving when a worker dies. A job with an
-    active step no live worker can take says so in its state (`waiting_for`) until one joins."""
+    Every step of an unfinished job from the first step that still has work onwards is active
+    (so downstream steps are pulled the moment their first task appears); each worker of a
+    step's pool gets every active step, its slots shared in proportion to backlog + 1, at least
+    one each. Giving every worker every step keeps a job moving when a worker dies. A job with
+    an active step no live worker can take says so in its state (`waiting_for`) until one
+    joins."""
     active: list[tuple[str, int, str, int]] = []  # job, step, pool, weight
     for job, tracker in sorted(jobs.items()):
         started = tracker.started

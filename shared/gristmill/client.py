@@ -8,6 +8,7 @@ store, never to a service's process directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -110,21 +111,26 @@ class ServiceClient:
         final: asyncio.Future[JobState] = asyncio.get_running_loop().create_future()
 
         async def follow() -> None:
-            async for msg in replay(self.js, event_subject(self.team, job, "job_state"), 3600.0):
-                state = JobState.from_json(msg.data)
-                if state.finished and not final.done():
-                    final.set_result(state)
-                    return
+            subject = event_subject(self.team, job, "job_state")
+            while True:  # a long job outlives one replay's idle limit: follow again
+                async for msg in replay(self.js, subject, idle_s=60.0):
+                    state = JobState.from_json(msg.data)
+                    if state.finished:
+                        final.set_result(state)
+                        return
 
         follower = asyncio.create_task(follow())
         try:
             while not final.done():
                 if deadline is not None and time.monotonic() > deadline:
                     raise GristmillError(f"job {job} did not finish within {timeout_s:g} s")
+                if follower.done():
+                    follower.result()  # it can only have stopped by failing: raise that
                 if on_progress is not None:
-                    states = await self.status(job)
-                    if states:
-                        on_progress(states[0])
+                    with contextlib.suppress(GristmillError):  # a coordinator catching up
+                        states = await self.status(job)
+                        if states:
+                            on_progress(states[0])
                 await asyncio.wait([final], timeout=poll_s)
             return final.result()
         finally:
