@@ -454,6 +454,58 @@ def test_a_restarted_coordinator_rebuilds_every_job_from_the_streams(
     assert written(base / "after-restart") == written(base / "before-restart")
 
 
+@pytest.mark.chaos
+def test_a_job_survives_its_coordinator_being_killed_midway(
+    service: EmbeddedService, base: Path
+) -> None:
+    fifo_dir = base / "gate-coordinator"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "started")
+    os.mkfifo(fifo_dir / "release")
+    pipeline = Pipeline(
+        "midway",
+        [
+            JsonlReader(file_paths=str(DATA)),
+            GateOn("doc-00100", str(fifo_dir)),
+            JsonlWriter(path=str(base / "midway")),
+        ],
+    )
+    executor = ServiceExecutor(service.url)
+    thread = run_in_thread(pipeline, executor)
+    read_fifo(fifo_dir / "started")  # one task is running, held open
+
+    service.kill("coordinator")
+    with (fifo_dir / "release").open("w") as release:
+        release.write("go")  # it finishes while no coordinator runs
+    service.restart("coordinator")
+    outputs = finished(thread)
+
+    assert len(outputs) == 3
+    ids = doc_ids(base / "midway")
+    assert len(ids) == len(set(ids)) == 449
+    assert executor.state is not None
+    assert (executor.state.state, executor.state.tasks_done) == ("completed", 3)
+
+
+def test_resubmitting_the_same_request_makes_no_second_job(service: EmbeddedService) -> None:
+    layout = TeamLayout("default")
+    spec = _submission(output=str(service.state_dir.parent / "resubmitted"))
+
+    async def submit_twice(client: ServiceClient) -> tuple[str, str, int, int]:
+        first = await client.submit(spec)
+        await client.wait(first)
+        before = (await client.js.stream_info(layout.tasks_stream)).state.last_seq
+        second = await client.submit(spec)  # a client retrying after a lost reply
+        after = (await client.js.stream_info(layout.tasks_stream)).state.last_seq
+        return first, second, before, after
+
+    first, second, before, after = client_call(service, submit_twice)
+    assert first == second
+    assert after == before  # every manifest of the repeat was a duplicate
+    [state] = client_call(service, lambda c: c.status(first))
+    assert (state.state, state.tasks_published, state.tasks_done) == ("completed", 3, 3)
+
+
 def test_a_store_root_the_service_reports_is_where_tasks_are(service: EmbeddedService) -> None:
     store = client_call(service, lambda c: c.store())
     assert isinstance(store, TaskStore)
