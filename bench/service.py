@@ -29,6 +29,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,18 +94,23 @@ def text_run(service: EmbeddedService, corpus: Path, out: Path) -> dict[str, flo
     return {"local_s": local, "service_s": remote, "peak_mb": memory.peak / 1e6}
 
 
+async def _submitter(client: ServiceClient, name: str, stages: list[Any]) -> Callable[[], JobSpec]:
+    """Store the stages' code once; returns a maker of fresh submissions of them."""
+    spec, blobs = portable_spec(name, stages)
+    store = await client.store()
+    for sha, blob in blobs.items():
+        store.put_code(client.team, sha, blob.to_bytes())
+    return lambda: JobSpec(
+        team=client.team, request_id=new_request_id(), pipeline=spec, code=sorted(blobs)
+    )
+
+
 async def dispatch(service: EmbeddedService, tasks: int) -> dict[str, float]:
     client = await ServiceClient.connect(service.url)
     try:
-        spec, blobs = portable_spec("noop", [FanOut(tasks), NoOp()])
-        store = await client.store()
-        for sha, blob in blobs.items():
-            store.put_code(client.team, sha, blob.to_bytes())
-        submission = JobSpec(
-            team=client.team, request_id=new_request_id(), pipeline=spec, code=sorted(blobs)
-        )
+        submit = await _submitter(client, "noop", [FanOut(tasks), NoOp()])
         started = time.perf_counter()
-        job = await client.submit(submission)
+        job = await client.submit(submit())
         state = await client.wait(job)
         wall = time.perf_counter() - started
         if state.state != "completed" or state.tasks_done != tasks + 1:
@@ -138,17 +144,11 @@ async def _done_times(client: ServiceClient, job: str) -> list[float]:
 async def latency(service: EmbeddedService, jobs: int) -> dict[str, float]:
     client = await ServiceClient.connect(service.url)
     try:
-        spec, blobs = portable_spec("one", [NoOp()])
-        store = await client.store()
-        for sha, blob in blobs.items():
-            store.put_code(client.team, sha, blob.to_bytes())
+        submit = await _submitter(client, "one", [NoOp()])
         seconds = []
         for index in range(jobs + 5):
-            submission = JobSpec(
-                team=client.team, request_id=new_request_id(), pipeline=spec, code=sorted(blobs)
-            )
             started = time.perf_counter()
-            job = await client.submit(submission)
+            job = await client.submit(submit())
             state = await client.wait(job)
             elapsed = time.perf_counter() - started
             if state.state != "completed":

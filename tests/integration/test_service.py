@@ -119,6 +119,14 @@ def finished(thread: threading.Thread, timeout_s: float = 180.0) -> list[Task[An
     return outputs
 
 
+def fifos(directory: Path, *names: str) -> Path:
+    """A new directory holding FIFOs `names` (how a test and a stage inside a worker meet)."""
+    directory.mkdir()
+    for name in names:
+        os.mkfifo(directory / name)
+    return directory
+
+
 def read_fifo(path: Path, timeout_s: float = 120.0) -> str:
     """What a stage writes to the FIFO `path` (blocks until it does), with a deadline."""
     box: list[str] = []
@@ -167,10 +175,7 @@ def test_the_cli_submits_a_yaml_spec_and_waits_for_its_summary(
 def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(
     service: EmbeddedService, base: Path
 ) -> None:
-    fifo_dir = base / "stall"
-    fifo_dir.mkdir()
-    os.mkfifo(fifo_dir / "started")
-    os.mkfifo(fifo_dir / "never")
+    fifo_dir = fifos(base / "stall", "started", "never")
     expected = Pipeline(
         "plain", [JsonlReader(file_paths=str(DATA)), JsonlWriter(path=str(base / "plain"))]
     ).run()
@@ -209,10 +214,7 @@ def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(
 def test_a_task_delivered_twice_is_written_once_and_counted_once(
     service: EmbeddedService, base: Path
 ) -> None:
-    fifo_dir = base / "gate"
-    fifo_dir.mkdir()
-    os.mkfifo(fifo_dir / "started")
-    os.mkfifo(fifo_dir / "release")
+    fifo_dir = fifos(base / "gate", "started", "release")
     calls = base / "calls.log"
     pipeline = Pipeline(
         "twice",
@@ -458,10 +460,7 @@ def test_a_restarted_coordinator_rebuilds_every_job_from_the_streams(
 def test_a_job_survives_its_coordinator_being_killed_midway(
     service: EmbeddedService, base: Path
 ) -> None:
-    fifo_dir = base / "gate-coordinator"
-    fifo_dir.mkdir()
-    os.mkfifo(fifo_dir / "started")
-    os.mkfifo(fifo_dir / "release")
+    fifo_dir = fifos(base / "gate-coordinator", "started", "release")
     pipeline = Pipeline(
         "midway",
         [
