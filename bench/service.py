@@ -11,6 +11,7 @@ local Ray), in this order:
    (after one warm-up run on the service, so its actors exist, as on a service that is up);
 2. dispatch rate: a job whose first step fans out into `--noop-tasks` tasks of a no-op stage;
    manifests/s = tasks / (first no-op task done -> last done), and end to end (submit -> done);
+   run twice: "cold" (the pipeline's actors start during the run) and "warm" (they exist);
 3. latency: `--latency-jobs` one-task jobs submitted one after the other on the idle service,
    submit -> final state as the client sees it; p50 and p99;
 4. memory: the largest PSS (proportional set size) of every process the service runs — NATS,
@@ -188,8 +189,9 @@ def main() -> None:
         results["start_s"] = time.perf_counter() - started
         results["text"] = text_run(service, corpus, out)
         print(json.dumps(results["text"]), flush=True)
-        results["dispatch"] = asyncio.run(dispatch(service, args.noop_tasks))
-        print(json.dumps(results["dispatch"]), flush=True)
+        for kind in ("cold", "warm"):
+            results[f"dispatch_{kind}"] = asyncio.run(dispatch(service, args.noop_tasks))
+            print(json.dumps(results[f"dispatch_{kind}"]), flush=True)
         results["latency"] = asyncio.run(latency(service, args.latency_jobs))
     text = results["text"]
     text["ratio"] = text["service_s"] / text["local_s"]
