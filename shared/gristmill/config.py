@@ -21,9 +21,20 @@ from pathlib import Path
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
 
-__all__ = ["ServiceSettings", "discover_nats_url"]
+__all__ = ["ServiceSettings", "discover_nats_url", "nats_url", "state_dir"]
 
 SERVICE_FILE = "service.json"
+
+
+def state_dir() -> Path:
+    """gristmill's state directory: `$GRISTMILL_STATE_DIR`, or `.gristmill` here."""
+    return Path(os.environ.get("GRISTMILL_STATE_DIR", ".gristmill")).resolve()
+
+
+def nats_url(explicit: str | None = None) -> str:
+    """The service's NATS URL: `explicit`, else `$GRISTMILL_NATS_URL`, else the embedded
+    service's under the state directory."""
+    return explicit or os.environ.get("GRISTMILL_NATS_URL") or discover_nats_url(state_dir())
 
 
 def _flag(value: str) -> bool:
@@ -50,17 +61,16 @@ class ServiceSettings:
             check_token("team", team)
 
     @classmethod
-    def from_env(cls, nats_url: str | None = None) -> ServiceSettings:
-        """Settings from the environment; `nats_url` wins over `GRISTMILL_NATS_URL`."""
-        state_dir = Path(os.environ.get("GRISTMILL_STATE_DIR", ".gristmill")).resolve()
-        url = nats_url or os.environ.get("GRISTMILL_NATS_URL") or discover_nats_url(state_dir)
+    def from_env(cls, url: str | None = None) -> ServiceSettings:
+        """Settings from the environment; `url` wins over `GRISTMILL_NATS_URL`."""
+        directory = state_dir()
         teams = tuple(
             t.strip() for t in os.environ.get("GRISTMILL_TEAMS", "default").split(",") if t.strip()
         )
         return cls(
-            nats_url=url,
-            state_dir=state_dir,
-            store_root=os.environ.get("GRISTMILL_STORE", str(state_dir / "store")),
+            nats_url=nats_url(url),
+            state_dir=directory,
+            store_root=os.environ.get("GRISTMILL_STORE", str(directory / "store")),
             teams=teams,
             output_root=os.environ.get("GRISTMILL_OUTPUT_ROOT", os.getcwd()),
             trust_code=_flag(os.environ.get("GRISTMILL_TRUST_CODE", "1")),

@@ -16,7 +16,7 @@ from typing import Any
 
 from gristmill.bus import JobOptions, JobSpec, JobState
 from gristmill.client import ServiceClient, new_request_id
-from gristmill.config import SERVICE_FILE, discover_nats_url
+from gristmill.config import SERVICE_FILE, nats_url, state_dir
 from gristmill.errors import GristmillError
 from gristmill.pipeline.spec import load_spec
 
@@ -96,24 +96,20 @@ def run_command(args: argparse.Namespace) -> int:
     return asyncio.run(_client_command(args))
 
 
-def _state_dir() -> Path:
-    return Path(os.environ.get("GRISTMILL_STATE_DIR", ".gristmill")).resolve()
-
-
 # -- up / down ---------------------------------------------------------------------------------
 
 
 def _up(args: argparse.Namespace) -> int:
     if _running() is not None:
         raise GristmillError(
-            f"a service already runs with state dir {_state_dir()} (`gristmill down` stops it)"
+            f"a service already runs with state dir {state_dir()} (`gristmill down` stops it)"
         )
     if args.detach:
         return _up_detached(args)
     from gristmill.embedded import EmbeddedService
 
     service = EmbeddedService(
-        _state_dir(),
+        state_dir(),
         workers=args.workers,
         gpu_workers=args.gpu_workers,
         slots=args.slots,
@@ -148,7 +144,7 @@ class _StopSignal:
 
 
 def _up_detached(args: argparse.Namespace) -> int:
-    state = _state_dir()
+    state = state_dir()
     (state / "logs").mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -190,7 +186,7 @@ def _up_detached(args: argparse.Namespace) -> int:
 
 def _running() -> dict[str, Any] | None:
     """The service record of a live supervisor under the state dir, else None."""
-    path = _state_dir() / SERVICE_FILE
+    path = state_dir() / SERVICE_FILE
     try:
         record: dict[str, Any] = json.loads(path.read_text())
         os.kill(int(record["pid"]), 0)
@@ -202,7 +198,7 @@ def _running() -> dict[str, Any] | None:
 def _down() -> int:
     record = _running()
     if record is None:
-        print(f"no gristmill service runs with state dir {_state_dir()}")
+        print(f"no gristmill service runs with state dir {state_dir()}")
         return 0
     pid = int(record["pid"])
     os.kill(pid, signal.SIGTERM)
@@ -253,8 +249,7 @@ def _absolute(path: str) -> str:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
-    url = os.environ.get("GRISTMILL_NATS_URL") or discover_nats_url(_state_dir())
-    client = await ServiceClient.connect(url, args.team)
+    client = await ServiceClient.connect(nats_url(), args.team)
     try:
         if args.command in ("submit", "run"):
             return await _submit(client, args)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gristmill.config import state_dir
 from gristmill.errors import GristmillError
 
 __all__ = ["RaySession", "original_error", "ray_session", "state_dir"]
@@ -52,11 +53,6 @@ class RaySession:
 
 
 _current: RaySession | None = None
-
-
-def state_dir() -> Path:
-    """gristmill's state directory: `$GRISTMILL_STATE_DIR`, or `.gristmill` here."""
-    return Path(os.environ.get("GRISTMILL_STATE_DIR", ".gristmill")).resolve()
 
 
 def _temp_dir() -> str:

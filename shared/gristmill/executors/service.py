@@ -10,16 +10,14 @@ returns them.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from gristmill.bus import JobOptions, JobSpec, JobState
 from gristmill.bus.jobs import job_id_for
 from gristmill.client import ServiceClient, new_request_id
-from gristmill.config import discover_nats_url
+from gristmill.config import nats_url
 from gristmill.errors import GristmillError
 from gristmill.executors.base import BaseExecutor, StageTotals
-from gristmill.executors.ray_cluster import state_dir
 from gristmill.pipeline.portable import portable_spec, task_blobs
 from gristmill.stages import FusedStage, ProcessingStage
 from gristmill.tasks import Task
@@ -62,9 +60,8 @@ class ServiceExecutor(BaseExecutor):
     async def _execute(
         self, stages: list[AnyStage], initial_tasks: list[AnyTask] | None
     ) -> list[AnyTask]:
-        url = self.url or os.environ.get("GRISTMILL_NATS_URL") or discover_nats_url(state_dir())
         team = str(self.config.get("team", "default"))
-        client = await ServiceClient.connect(url, team)
+        client = await ServiceClient.connect(nats_url(self.url), team)
         try:
             return await self._submit_and_wait(client, stages, initial_tasks)
         finally:
