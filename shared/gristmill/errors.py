@@ -17,6 +17,7 @@ __all__ = [
     "StageError",
     "StageParamsError",
     "StageRegistryError",
+    "TaskIdError",
     "TaskInputError",
     "TaskSerializationError",
     "UnknownStageError",
@@ -42,6 +43,10 @@ def _rebuild(
 
 class ResourcesError(GristmillError, ValueError):
     """A `Resources` request that no scheduler could honour (negative, or contradictory)."""
+
+
+class TaskIdError(GristmillError, ValueError):
+    """A task id that cannot name a file, a subject token or a store key."""
 
 
 class TaskSerializationError(GristmillError, ValueError):

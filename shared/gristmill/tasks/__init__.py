@@ -9,7 +9,7 @@ from gristmill.tasks.document import DocumentBatch
 from gristmill.tasks.drops import DROPS_KEY, drop_count, drop_groups, iter_drops, record_drops
 from gristmill.tasks.empty import EmptyTask
 from gristmill.tasks.file_group import FileGroupTask
-from gristmill.tasks.ids import ROOT_TASK_ID, content_task_id, derive_task_id
+from gristmill.tasks.ids import ROOT_TASK_ID, check_task_id, content_task_id, derive_task_id
 from gristmill.tasks.perf import StagePerfStats
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "FileGroupTask",
     "StagePerfStats",
     "Task",
+    "check_task_id",
     "content_task_id",
     "derive_task_id",
     "drop_count",

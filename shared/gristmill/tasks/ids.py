@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
-__all__ = ["ROOT_TASK_ID", "content_task_id", "derive_task_id"]
+from gristmill.errors import TaskIdError
+
+__all__ = ["ROOT_TASK_ID", "check_task_id", "content_task_id", "derive_task_id"]
 
 # The id of the EmptyTask that starts a pipeline when no initial tasks are given.
 ROOT_TASK_ID = "root"
 
 _ID_HEX_CHARS = 32  # 128 bits: collisions are not a practical concern at any corpus size
+
+# Ids name output files, store objects and KV keys: nothing a path or a subject gives meaning to.
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def _digest(parts: list[object]) -> str:
@@ -33,3 +39,16 @@ def derive_task_id(parent_id: str, stage_name: str, index: int) -> str:
 def content_task_id(*parts: str) -> str:
     """The id of a source task, from what it is made of (e.g. its sorted input file paths)."""
     return _digest(["content", *parts])
+
+
+def check_task_id(task_id: str, where: str = "") -> str:
+    """`task_id` if it can name a file anywhere (1-128 letters, digits, '_', '-', '.', starting
+    with a letter or digit, no '..'); otherwise a `TaskIdError` saying so, prefixed by `where`
+    (e.g. "stage 'reader' made a task whose")."""
+    if isinstance(task_id, str) and _SAFE_ID.fullmatch(task_id) and ".." not in task_id:
+        return task_id
+    subject = f"{where} id" if where else "task id"
+    raise TaskIdError(
+        f"{subject} {task_id!r} cannot be a task id: use 1-128 letters, digits, '_', '-' or "
+        f"'.', starting with a letter or digit, and no '..'"
+    )
