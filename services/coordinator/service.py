@@ -1,17 +1,20 @@
 """The coordinator: follows each team's events, keeps job states in KV, announces completion,
-assigns worker slots to steps, and answers `gm.<team>.api.status`.
+cleans up after jobs, assigns worker slots to steps, and answers `gm.<team>.api.status`/`gc`.
 
 Its state is derived, never primary: on start it replays the events stream from the beginning
-(an ordered consumer), so a restarted coordinator knows exactly what the one before knew. The
-final `JobState` of a job is published with a `Nats-Msg-Id`, and a replayed one is remembered,
-so a restart announces nothing twice.
+(an ordered consumer), so a restarted coordinator knows exactly what the one before knew. A
+job's final `JobState` is published with a `Nats-Msg-Id` and only counted as announced once the
+publish succeeded (a failed one is tried again), and a replayed one is remembered, so a restart
+announces nothing twice. When a job ends its consumers are removed; after the retention period
+its payloads, events, done records and dead letters are collected (`gristmill gc`), leaving a
+summary. Every loop is kept running: one that fails is logged and started again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import time
 from typing import Any
@@ -20,18 +23,41 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from gristmill.bus import (
     ApiReply,
+    DeadLetter,
+    GcQuery,
+    IdsPart,
     JobStarted,
     JobState,
     MessageError,
     StatusQuery,
-    TaskDone,
     TaskFailed,
+    TaskRetried,
+    TasksDone,
+    WorkerState,
+    peek,
 )
-from gristmill.bus.client import publish
-from gristmill.bus.jobs import assignment_key, state_key
+from gristmill.bus.client import Publisher
+from gristmill.bus.jobs import (
+    archived_key,
+    assignment_key,
+    consumer_name,
+    job_key,
+    msg_id,
+    published_key,
+    state_key,
+)
 from gristmill.bus.streams import TeamLayout, ensure_layout
-from gristmill.bus.subjects import api_subject, event_filter, event_subject, parse_subject
+from gristmill.bus.subjects import (
+    api_subject,
+    dlq_subject,
+    event_filter,
+    event_subject,
+    parse_subject,
+    team_subjects,
+)
 from gristmill.config import ServiceSettings
+from gristmill.loops import keep_running
+from gristmill.store import TaskStore
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
 
 __all__ = ["CoordinatorService"]
@@ -49,70 +75,108 @@ class CoordinatorService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
+        self.store = TaskStore(settings.store_root)
         self.broker = NatsBroker(settings.nats_url, logger=None)
         self.jobs: dict[str, dict[str, JobTracker]] = {team: {} for team in settings.teams}
-        self._workers: dict[str, dict[str, tuple[WorkerInfo, float]]] = {
-            team: {} for team in settings.teams
-        }
+        self.workers: dict[str, dict[str, WorkerState]] = {team: {} for team in settings.teams}
         self._assigned: dict[str, dict[str, str]] = {team: {} for team in settings.teams}
         self._dirty: dict[str, set[str]] = {team: set() for team in settings.teams}
+        self._applied: dict[str, int] = dict.fromkeys(settings.teams, 0)
+        self._unsettled: dict[str, set[str]] = {team: set() for team in settings.teams}
+        self._archived: dict[str, int] = dict.fromkeys(settings.teams, 0)
         self._wake = asyncio.Event()
         self._caught_up = {team: asyncio.Event() for team in settings.teams}
-        self._background: list[asyncio.Task[None]] = []
+        self._loops: list[asyncio.Task[None]] = []
         self._kv: dict[tuple[str, str], Any] = {}
+        self._publisher: Publisher | None = None
         for team in settings.teams:
-            status = self.broker.subscriber(api_subject(team, "status"), queue="coordinator")
-            status(self._status_handler(team))
+            self.broker.subscriber(api_subject(team, "status"), queue="coordinator")(
+                self._status_handler(team)
+            )
+            self.broker.subscriber(api_subject(team, "gc"), queue="coordinator")(
+                self._gc_handler(team)
+            )
 
     async def after_start(self) -> None:
         """Layouts, then follow events and workers, and start assigning."""
-        js = self.broker.config.connection_state.stream
+        self._publisher = await Publisher(self._nc).start()
         for team in self.settings.teams:
             layout = TeamLayout(team)
-            await ensure_layout(js, layout)
-            for purpose in ("jobs", "assignments"):
-                self._kv[team, purpose] = await js.key_value(layout.bucket(purpose))
-            self._background.append(asyncio.create_task(self._follow_events(team)))
-            self._background.append(asyncio.create_task(self._follow_workers(team)))
-        self._background.append(asyncio.create_task(self._assign_loop()))
-        self._background.append(asyncio.create_task(self._flush_loop()))
+            await ensure_layout(self._js, layout, self.settings.stream_limits())
+            for purpose in ("jobs", "assignments", "workers", "done"):
+                self._kv[team, purpose] = await self._js.key_value(layout.bucket(purpose))
+            self._archived[team] = await self._count_archived(team)
+            self._loops.append(
+                keep_running(f"events of {team}", functools.partial(self._follow_events, team), log)
+            )
+            self._loops.append(
+                keep_running(
+                    f"workers of {team}", functools.partial(self._follow_workers, team), log
+                )
+            )
+        self._loops.append(keep_running("assign", self._assign_loop, log))
+        self._loops.append(keep_running("flush", self._flush_loop, log))
+        self._loops.append(keep_running("gc", self._gc_loop, log))
         log.info("coordinator ready for teams %s", ", ".join(self.settings.teams))
 
     async def before_stop(self) -> None:
         """Stop the loops and write what is not written yet."""
-        for task in self._background:
+        for task in self._loops:
             task.cancel()
-        for task in self._background:
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
             await self._flush()
 
+    @property
+    def _js(self) -> Any:
+        return self.broker.config.connection_state.stream
+
+    @property
+    def _nc(self) -> Any:
+        return self.broker.config.connection_state.connection
+
     # -- events ------------------------------------------------------------------------------
 
     async def _follow_events(self, team: str) -> None:
-        from nats.js.api import DeliverPolicy
+        """Apply the team's events in stream order, from the first not yet applied."""
+        from nats.js import api
 
-        js = self.broker.config.connection_state.stream
-        sub = await js.subscribe(
-            event_filter(team), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        start = self._applied[team] + 1
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
         )
+        sub = await self._js.subscribe(event_filter(team), ordered_consumer=True, config=config)
         info = await sub.consumer_info()
         replaying = info.num_pending > 0 or info.delivered.consumer_seq > 0
         if not replaying:
-            self._caught_up[team].set()
+            await self._caught_up_with(team)
         async for msg in sub.messages:
             try:
                 job = await self._apply(team, msg.subject, msg.data)
-                if replaying and msg.metadata.num_pending == 0:
-                    replaying = False  # caught up: announce what finished while we were away
-                    self._caught_up[team].set()
-                    for known in list(self.jobs[team]):
-                        await self._announce(team, known)
-                elif not replaying and job is not None:
-                    await self._announce(team, job)
-            except Exception:
+            except Exception:  # one event must not stop the rest from being counted
                 log.exception("event on %s could not be applied", msg.subject)
+                job = None
+            self._applied[team] = msg.metadata.sequence.stream
+            if replaying and msg.metadata.num_pending == 0:
+                replaying = False
+                await self._caught_up_with(team)
+            elif not replaying and job is not None:
+                await self._settle_or_later(team, job)
+
+    async def _caught_up_with(self, team: str) -> None:
+        """Replayed everything: announce what finished while no coordinator ran."""
+        self._caught_up[team].set()
+        for job in list(self.jobs[team]):
+            await self._settle_or_later(team, job)
+
+    async def _settle_or_later(self, team: str, job: str) -> None:
+        try:
+            await self._settle(team, job)
+        except Exception:
+            log.exception("job %s: its final state could not be announced yet; trying again", job)
+            self._unsettled[team].add(job)
 
     async def _apply(self, team: str, subject: str, data: bytes) -> str | None:
         """Count one event; returns the job it changed (None for the job's own state)."""
@@ -121,73 +185,203 @@ class CoordinatorService:
         jobs = self.jobs[team]
         tracker = jobs.get(parsed.job) or jobs.setdefault(parsed.job, JobTracker(parsed.job))
         kind = parsed.event
-        if kind == "job_started":
-            tracker.on_started(JobStarted.from_json(data))
-            self._wake.set()
-        elif kind == "task_done":
-            tracker.on_done(TaskDone.from_json(data))
-        elif kind == "task_failed":
-            tracker.on_failed(TaskFailed.from_json(data))
-        elif kind == "job_state":
-            state = JobState.from_json(data)
-            if state.finished:
-                tracker.announced = _mark(state)
-                tracker.finished_at = state.finished_at
-            return None
+        try:
+            if kind == "job_started":
+                tracker.on_started(JobStarted.from_json(data))
+                self._wake.set()
+            elif kind == "ids":
+                tracker.on_ids(IdsPart.from_json(data))
+            elif kind == "task_done":
+                tracker.on_done(TasksDone.from_json(data))
+            elif kind == "task_failed":
+                tracker.on_failed(TaskFailed.from_json(data))
+            elif kind == "task_retried":
+                tracker.on_retried(TaskRetried.from_json(data))
+                self._wake.set()
+            elif kind == "job_state":
+                state = JobState.from_json(data)
+                if state.finished:
+                    tracker.announced = _mark(state)
+                    tracker.finished_at = state.finished_at
+                return None
+            else:
+                tracker.fail(f"event {subject} is of a kind this coordinator does not know")
+        except MessageError as exc:
+            await self._unreadable(team, tracker, subject, data, str(exc))
         self._dirty[team].add(parsed.job)
         return parsed.job
 
-    async def _announce(self, team: str, job: str) -> None:
-        """Publish the job's final state once (per outcome: a retried dead letter can turn
-        `completed_with_failures` into `completed`)."""
-        tracker = self.jobs[team][job]
-        if not tracker.finished:
+    async def _unreadable(
+        self, team: str, tracker: JobTracker, subject: str, data: bytes, error: str
+    ) -> None:
+        """An event no one here can read (another schema version, say): the tasks it names
+        count as failed, with a dead letter naming the versions; naming none fails the job."""
+        raw = peek(data)
+        results = raw.get("results")
+        items: list[Any] = results if isinstance(results, list) else [raw]
+        named = [(raw.get("step"), item.get("task_id")) for item in items if isinstance(item, dict)]
+        named = [(s, t) for s, t in named if isinstance(s, int) and isinstance(t, str)]
+        message = f"unreadable event on {subject}: {error}"
+        log.error("job %s: %s", tracker.job, message)
+        if not named:
+            tracker.fail(message)
+            return
+        for step, task_id in named:
+            failure = TaskFailed(
+                job=tracker.job, step=step, task_id=task_id, error=message, attempts=1
+            )
+            if tracker.on_failed(failure):
+                text = data[:65536].decode("utf-8", "replace")
+                await self._dead_letter(
+                    team, DeadLetter(raw=text, subject=subject, failure=failure)
+                )
+
+    async def _dead_letter(self, team: str, letter: DeadLetter) -> None:
+        failure = letter.failure
+        try:
+            assert self._publisher is not None
+            await self._publisher.publish(
+                dlq_subject(team, failure.job, str(failure.step)),
+                letter,
+                msg_id("dlq", failure.job, failure.step, f"{failure.task_id}.event"),
+            )
+        except Exception:
+            log.exception("job %s: the dead letter of an unreadable event failed", failure.job)
+
+    async def _settle(self, team: str, job: str) -> None:
+        """Announce a finished job's final state once, clean up after it, compact it."""
+        tracker = self.jobs[team].get(job)
+        if tracker is None or not tracker.finished:
             return
         state = tracker.state()
         mark = _mark(state)
-        if tracker.announced == mark:
-            return
-        tracker.announced = mark
-        self._wake.set()
-        js = self.broker.config.connection_state.stream
-        await self._kv[team, "jobs"].put(state_key(job), state.to_json())
-        await publish(js, event_subject(team, job, "job_state"), state, f"state.{job}.{mark}")
-        log.info(
-            "job %s %s (%d tasks done, %d failed)",
-            job,
-            state.state,
-            state.tasks_done,
-            state.tasks_failed,
+        if tracker.announced != mark:
+            await self._kv[team, "jobs"].put(state_key(job), state.to_json())
+            assert self._publisher is not None
+            subject = event_subject(team, job, "job_state")
+            await self._publisher.publish(subject, state, f"state.{job}.{mark}")
+            tracker.announced = mark  # only now: a failed publish is tried again
+            self._wake.set()
+            await self._end_job(team, tracker)
+            log.info(
+                "job %s %s (%d tasks done, %d failed)%s",
+                job,
+                state.state,
+                state.tasks_done,
+                state.tasks_failed,
+                f": {state.error}" if state.error else "",
+            )
+        if tracker.compactable:
+            tracker.compact()
+
+    async def _end_job(self, team: str, tracker: JobTracker) -> None:
+        """Remove the consumers of a finished job, and any manifest left in its subjects."""
+        from nats.js.errors import NotFoundError
+
+        layout = TeamLayout(team)
+        started = tracker.started
+        assert started is not None
+        for step in range(started.first_step, len(started.steps)):
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_consumer(
+                    layout.tasks_stream, consumer_name(tracker.job, step)
+                )
+        await self._js.purge_stream(
+            layout.tasks_stream, subject=f"{team_subjects(team)[:-1]}task.{tracker.job}.>"
         )
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY_S)
+            for team, unsettled in self._unsettled.items():  # announcements that failed
+                for job in list(unsettled):
+                    unsettled.discard(job)
+                    await self._settle_or_later(team, job)
             await self._flush()
 
     async def _flush(self) -> None:
         for team, dirty in self._dirty.items():
             while dirty:
                 job = dirty.pop()
-                state = self.jobs[team][job].state()
-                await self._kv[team, "jobs"].put(state_key(job), state.to_json())
+                tracker = self.jobs[team].get(job)
+                if tracker is None:
+                    continue
+                try:
+                    await self._kv[team, "jobs"].put(state_key(job), tracker.state().to_json())
+                except Exception:
+                    dirty.add(job)  # written next time
+                    raise
+
+    # -- garbage collection ------------------------------------------------------------------
+
+    async def _gc_loop(self) -> None:
+        every = max(10.0, min(3600.0, self.settings.retention_s / 10))
+        while True:
+            await asyncio.sleep(every)
+            for team in self.settings.teams:
+                await self.collect(team, self.settings.retention_s)
+
+    async def collect(self, team: str, older_than_s: float) -> list[str]:
+        """Archive the team's jobs finished more than `older_than_s` ago: their payloads,
+        events, done records and dead letters go, a summary stays. Returns the jobs archived."""
+        now = time.time()
+        layout = TeamLayout(team)
+        archived = []
+        for job, tracker in list(self.jobs[team].items()):
+            state = tracker.state()
+            if not tracker.finished or tracker.announced != _mark_of(tracker):
+                continue
+            if state.finished_at is None or now - state.finished_at < older_than_s:
+                continue
+            await asyncio.to_thread(self.store.delete_job, team, job)
+            prefix = team_subjects(team)[:-1]
+            for stream, subject in (
+                (layout.tasks_stream, f"{prefix}task.{job}.>"),
+                (layout.dlq_stream, f"{prefix}dlq.{job}.>"),
+                (layout.bucket_stream("done"), f"$KV.{layout.bucket('done')}.{job}.>"),
+                (layout.events_stream, f"{prefix}event.{job}.>"),
+            ):
+                await self._js.purge_stream(stream, subject=subject)
+            summary = state.model_copy(update={"archived_at": now})
+            await self._kv[team, "jobs"].put(archived_key(job), summary.to_json())
+            for key in (state_key(job), job_key(job), published_key(job)):
+                with contextlib.suppress(Exception):
+                    await self._kv[team, "jobs"].purge(key)
+            del self.jobs[team][job]
+            self._archived[team] += 1
+            archived.append(job)
+        if archived:
+            log.info("team %s: archived %d finished jobs", team, len(archived))
+        return archived
+
+    async def _count_archived(self, team: str) -> int:
+        from nats.js.errors import NoKeysError
+
+        try:
+            return len(await self._kv[team, "jobs"].keys(filters=["archived.*"]))
+        except NoKeysError:
+            return 0
 
     # -- workers and slots -------------------------------------------------------------------
 
     async def _follow_workers(self, team: str) -> None:
-        watcher = await self._kv[team, "assignments"].watch("worker.*")
+        watcher = await self._kv[team, "workers"].watch("worker.*")
         async for entry in watcher:
             if entry is None:
                 continue
             worker = entry.key.split(".", 1)[1]
             if not entry.value:
-                self._workers[team].pop(worker, None)
-            else:
-                beat = json.loads(entry.value)
-                known = worker in self._workers[team]
-                self._workers[team][worker] = (WorkerInfo(beat["pool"], beat["slots"]), beat["at"])
-                if not known:
-                    self._wake.set()
+                self.workers[team].pop(worker, None)
+                continue
+            try:
+                beat = WorkerState.from_json(entry.value)
+            except MessageError as exc:
+                log.error("ignoring an unreadable heartbeat of %s: %s", worker, exc)
+                continue
+            known = worker in self.workers[team]
+            self.workers[team][worker] = beat
+            if not known:
+                self._wake.set()
 
     async def _assign_loop(self) -> None:
         while True:
@@ -195,25 +389,29 @@ class CoordinatorService:
                 await asyncio.wait_for(self._wake.wait(), ASSIGN_EVERY_S)
             self._wake.clear()
             for team in self.settings.teams:
-                try:
-                    await self._assign(team)
-                except Exception:
-                    log.exception("assigning slots of team %s failed", team)
+                await self._assign(team)
+
+    def live_workers(self, team: str) -> dict[str, WorkerState]:
+        """The team's workers whose last heartbeat is recent (older ones are forgotten)."""
+        now = time.time()
+        for worker in [w for w, b in self.workers[team].items() if now - b.at > 60]:
+            del self.workers[team][worker]
+        return {w: b for w, b in self.workers[team].items() if now - b.at < WORKER_TIMEOUT_S}
 
     async def _assign(self, team: str) -> None:
-        now = time.time()
-        live = {
-            worker: info
-            for worker, (info, at) in self._workers[team].items()
-            if now - at < WORKER_TIMEOUT_S
-        }
+        live = {w: WorkerInfo(b.pool, b.slots) for w, b in self.live_workers(team).items()}
         plan = assign_slots(live, self.jobs[team])
         written = self._assigned[team]
+        kv = self._kv[team, "assignments"]
         for worker, steps in plan.items():
-            value = json.dumps({"steps": steps}, sort_keys=True)
+            value = _json({"steps": steps})
             if written.get(worker) != value:
-                await self._kv[team, "assignments"].put(assignment_key(worker), value.encode())
+                await kv.put(assignment_key(worker), value.encode())
                 written[worker] = value
+        for worker in [w for w in written if w not in plan]:  # a dead worker's assignment
+            with contextlib.suppress(Exception):
+                await kv.delete(assignment_key(worker))
+            del written[worker]
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -229,17 +427,61 @@ class CoordinatorService:
                 return ApiReply(ok=False, error=str(exc)).to_json()
             jobs = self.jobs[team]
             if asked:
-                if asked not in jobs:
-                    return ApiReply(ok=False, error=f"no job {asked!r} in team {team}").to_json()
-                states = [jobs[asked].state()]
+                if asked in jobs:
+                    states = [jobs[asked].state()]
+                else:
+                    summary = await self._summary(team, asked)
+                    if summary is None:
+                        return ApiReply(
+                            ok=False, error=f"no job {asked!r} in team {team}"
+                        ).to_json()
+                    states = [summary]
             else:
-                states = [tracker.state() for tracker in jobs.values()]
-                states.sort(key=lambda s: s.submitted_at)
-            data = {"jobs": [json.loads(s.to_json()) for s in states]}
+                states = sorted((t.state() for t in jobs.values()), key=lambda s: s.submitted_at)
+            workers = sorted(self.live_workers(team).values(), key=lambda w: w.worker)
+            data = {
+                "jobs": [s.model_dump(mode="json", by_alias=True) for s in states],
+                "workers": [w.model_dump(mode="json", by_alias=True) for w in workers],
+                "archived": self._archived[team],
+            }
             return ApiReply(ok=True, job=asked, data=data).to_json()
 
         return status
 
+    async def _summary(self, team: str, job: str) -> JobState | None:
+        from nats.js.errors import KeyNotFoundError
+
+        with contextlib.suppress(KeyNotFoundError, MessageError, ValueError):
+            entry = await self._kv[team, "jobs"].get(archived_key(job))
+            return JobState.from_json(entry.value)
+        return None
+
+    def _gc_handler(self, team: str) -> Any:
+        async def gc(msg: NatsMessage) -> bytes:
+            try:
+                query = GcQuery.from_json(msg.body or b"{}")
+            except MessageError as exc:
+                return ApiReply(ok=False, error=str(exc)).to_json()
+            older = self.settings.retention_s if query.older_than_s is None else query.older_than_s
+            try:
+                await asyncio.wait_for(self._caught_up[team].wait(), STATUS_WAIT_S)
+            except TimeoutError:
+                return ApiReply(ok=False, error="the coordinator is still catching up").to_json()
+            archived = await self.collect(team, older)
+            return ApiReply(ok=True, data={"archived": archived}).to_json()
+
+        return gc
+
 
 def _mark(state: JobState) -> str:
-    return f"{state.state}-{state.tasks_done}-{state.tasks_failed}"
+    return f"{state.state}-{state.tasks_done}-{state.tasks_failed}-{state.retries}"
+
+
+def _mark_of(tracker: JobTracker) -> str:
+    return _mark(tracker.state())
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)

@@ -1,8 +1,15 @@
 """Job progress from events, and the slot policy: plain logic, no I/O.
 
-Counting is by task id, so a repeated event (a redelivered task announcing itself again) counts
-once, and events may arrive in any order (a worker's `TaskDone` can overtake the planner's
-`JobStarted`). A job is finished when every task published to every step is done or failed.
+Counting is by task id, so a repeated event (a redelivered manifest announcing itself again)
+counts once, and events may arrive in any order (a worker's `TasksDone` can overtake the
+planner's `JobStarted`). A job is finished when every task published to every step is done or
+failed and every long id list (`IdsPart`) is complete. Two different parents making one task id
+would merge two tasks into one: the job fails, saying which.
+
+A finished job is compacted: its per-task sets become counts, and only the ids of its failed
+tasks are kept (a dead letter can still be retried, or succeed late). After that, events about
+tasks it already counted are re-announcements and change nothing, so an always-on coordinator
+holds running jobs in full and finished ones in a few numbers.
 """
 
 from __future__ import annotations
@@ -11,23 +18,71 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gristmill.bus import JobStarted, JobState, StepCounts, TaskDone, TaskFailed
+from gristmill.bus import (
+    IdsPart,
+    JobStarted,
+    JobState,
+    StepCounts,
+    TaskFailed,
+    TaskResult,
+    TaskRetried,
+    TasksDone,
+)
 
-__all__ = ["JobTracker", "StepTally", "WorkerInfo", "assign_slots"]
+__all__ = ["JobTracker", "StepTally", "WorkerInfo", "assign_slots", "collision_error"]
+
+_UNKNOWN = "\0?"  # the parent of a task seen done before anyone said who made it
+
+
+def collision_error(task_id: str, step: int, stage: str, first: str, second: str) -> str:
+    """What a job that made one task id from two parents fails with (the SDK's executors say
+    the same)."""
+    return (
+        f"task id {task_id!r} of step {step} '{stage}' was made from two parents, {first!r} and "
+        f"{second!r}; give each output its own id, or leave task_id empty to have one derived"
+    )
 
 
 @dataclass
 class StepTally:
-    """What is known about one step of a job."""
+    """What is known about one step of a job: per task while it runs, counts once compacted."""
 
-    published: set[str] = field(default_factory=set)
+    published: dict[str, str] = field(default_factory=dict)  # task id -> parent ("" first tasks)
     done: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # in, out, dropped
-    failed: dict[str, TaskFailed] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    base: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # compacted counts
 
     @property
     def backlog(self) -> int:
         """Published tasks neither done nor failed."""
         return len(self.published) - len(self.done) - len(self.failed)
+
+    def counts(self, name: str) -> StepCounts:
+        """This step's counts, compacted ones included."""
+        published, done, failed, items_in, items_out, dropped = self.base
+        return StepCounts(
+            name=name,
+            published=published + len(self.published),
+            done=done + len(self.done),
+            failed=failed + len(self.failed),
+            items_in=items_in + sum(c[0] for c in self.done.values()),
+            items_out=items_out + sum(c[1] for c in self.done.values()),
+            items_dropped=dropped + sum(c[2] for c in self.done.values()),
+        )
+
+    def compact(self) -> None:
+        """Fold the finished tasks into counts (failed ids stay: they may run again)."""
+        counts = self.counts("")
+        self.base = [
+            counts.published - len(self.failed),
+            counts.done,
+            0,
+            counts.items_in,
+            counts.items_out,
+            counts.items_dropped,
+        ]
+        self.published = {task: self.published[task] for task in self.failed}
+        self.done = {}
 
 
 class JobTracker:
@@ -37,6 +92,11 @@ class JobTracker:
         self.job = job
         self.started: JobStarted | None = None
         self.steps: dict[int, StepTally] = {}
+        self.parts_expected: dict[tuple[int, str], int] = {}
+        self.parts_seen: dict[tuple[int, str], set[int]] = {}
+        self.error = ""  # why the job failed as a whole
+        self.compacted = False
+        self.retries = 0
         self.announced: str = ""  # the final state already published, if any
         self.finished_at: float | None = None
         self.waiting_for: str = ""  # set by assign_slots: a pool without a live worker
@@ -44,38 +104,116 @@ class JobTracker:
     def _tally(self, step: int) -> StepTally:
         return self.steps.setdefault(step, StepTally())
 
+    def _publish(self, step: int, ids: list[str], parent: str) -> None:
+        tally = self._tally(step)
+        for task_id in ids:
+            first = tally.published.get(task_id, _UNKNOWN)
+            if first == _UNKNOWN:  # new, or seen done before its parent said it made it
+                tally.published[task_id] = parent
+            elif first != parent and not self.error:
+                stage = self._stage_name(step)
+                self.error = collision_error(task_id, step, stage, first, parent)
+
+    def _stage_name(self, step: int) -> str:
+        if self.started is not None and step < len(self.started.steps):
+            return self.started.steps[step].name
+        return "?"
+
+    def _known(self, step: int, task_id: str) -> bool:
+        """Whether a compacted job still tracks this task (it failed, or runs again)."""
+        return not self.compacted or task_id in self._tally(step).published
+
+    # -- events ------------------------------------------------------------------------------
+
     def on_started(self, started: JobStarted) -> None:
         """The planner's start event."""
+        if self.started is not None:
+            return
         self.started = started
-        self._tally(started.first_step).published.update(started.initial)
+        self._publish(started.first_step, started.initial, "")
+        if started.initial_parts:
+            self.parts_expected[started.first_step, ""] = started.initial_parts
 
-    def on_done(self, done: TaskDone) -> bool:
-        """A finished task; False if it was counted already."""
-        tally = self._tally(done.step)
-        if done.task_id in tally.done:
+    def on_ids(self, part: IdsPart) -> None:
+        """Part of a long id list: the tasks `part.owner` made (or the first tasks)."""
+        if self.compacted and not self._known(part.step - 1, part.owner):
+            return  # a repeat about a task already counted
+        self.parts_seen.setdefault((part.step, part.owner), set()).add(part.part)
+        self._publish(part.step, part.ids, part.owner)
+
+    def on_done(self, done: TasksDone) -> bool:
+        """A manifest's tasks finished; False if every one was counted already."""
+        counted = [self.on_result(done.step, result) for result in done.results]  # every one
+        return any(counted)
+
+    def on_result(self, step: int, result: TaskResult) -> bool:
+        """One finished task; False if it was counted already."""
+        tally = self._tally(step)
+        if result.task_id in tally.done or not self._known(step, result.task_id):
             return False
-        tally.failed.pop(done.task_id, None)  # a dead letter retried with success
-        tally.published.add(done.task_id)
-        tally.done[done.task_id] = (done.items_in, done.items_out, done.items_dropped)
-        self._tally(done.step + 1).published.update(done.output_ids)
+        tally.failed.discard(result.task_id)  # a dead letter retried with success
+        tally.published.setdefault(result.task_id, _UNKNOWN)
+        tally.done[result.task_id] = (result.items_in, result.items_out, result.items_dropped)
+        self._publish(step + 1, result.output_ids, result.task_id)
+        if result.parts:
+            self.parts_expected[step + 1, result.task_id] = result.parts
         return True
 
     def on_failed(self, failed: TaskFailed) -> bool:
         """A dead-lettered task; False if it was known (or has since succeeded)."""
         tally = self._tally(failed.step)
-        if failed.task_id in tally.done or failed.task_id in tally.failed:
+        known = failed.task_id in tally.done or failed.task_id in tally.failed
+        if known or not self._known(failed.step, failed.task_id):
             return False
-        tally.published.add(failed.task_id)
-        tally.failed[failed.task_id] = failed
+        tally.published.setdefault(failed.task_id, _UNKNOWN)
+        tally.failed.add(failed.task_id)
         return True
+
+    def on_retried(self, retried: TaskRetried) -> bool:
+        """A dead letter published again: the task is pending once more."""
+        tally = self._tally(retried.step)
+        if retried.task_id not in tally.failed:
+            return False
+        tally.failed.discard(retried.task_id)
+        self.retries += 1
+        return True
+
+    def fail(self, error: str) -> None:
+        """The job cannot give a correct result (an event no one can read, say)."""
+        self.error = self.error or error
+
+    @property
+    def compactable(self) -> bool:
+        """Finished, with per-task state still to fold into counts."""
+        return self.finished and any(
+            t.done or len(t.published) > len(t.failed) for t in self.steps.values()
+        )
+
+    def compact(self) -> None:
+        """Fold a finished job's tasks into counts (see the module docstring)."""
+        if not self.finished:
+            return
+        for tally in self.steps.values():
+            tally.compact()
+        self.parts_expected.clear()
+        self.parts_seen.clear()
+        self.compacted = True
+
+    # -- state -------------------------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
-        """Started, and nothing published is left to run."""
+        """Started, and nothing published is left to run (or the job failed as a whole)."""
         if self.started is None:
             return False
+        if self.error:
+            return True
         last = len(self.started.steps)
-        return all(t.backlog == 0 for s, t in self.steps.items() if s < last)
+        if any(t.backlog for s, t in self.steps.items() if s < last):
+            return False
+        return all(
+            len(self.parts_seen.get(key, ())) >= parts for key, parts in self.parts_expected.items()
+        )
 
     def step_backlog(self, step: int) -> int:
         """Tasks of `step` waiting or running."""
@@ -86,20 +224,7 @@ class JobTracker:
         """The job's `JobState` now."""
         started = self.started
         names = [s.name for s in started.steps] if started else []
-        counts = []
-        for index, name in enumerate(names):
-            tally = self.steps.get(index, StepTally())
-            counts.append(
-                StepCounts(
-                    name=name,
-                    published=len(tally.published),
-                    done=len(tally.done),
-                    failed=len(tally.failed),
-                    items_in=sum(c[0] for c in tally.done.values()),
-                    items_out=sum(c[1] for c in tally.done.values()),
-                    items_dropped=sum(c[2] for c in tally.done.values()),
-                )
-            )
+        counts = [self.steps.get(i, StepTally()).counts(name) for i, name in enumerate(names)]
         failed = sum(c.failed for c in counts)
         if started is None:
             state = "pending"
@@ -107,7 +232,7 @@ class JobTracker:
             state = "running"
             self.finished_at = None  # a retried dead letter runs it again
         else:
-            state = "completed_with_failures" if failed else "completed"
+            state = "failed" if self.error else "completed_with_failures" if failed else "completed"
             self.finished_at = self.finished_at or time.time()
         dropped = sum(c.items_dropped for c in counts)
         out = counts[-1].items_out if counts else 0
@@ -122,9 +247,10 @@ class JobTracker:
             items_out=out,
             items_dropped=dropped,
             steps=counts,
+            retries=self.retries,
             submitted_at=started.submitted_at if started else 0.0,
             finished_at=self.finished_at if state not in ("pending", "running") else None,
-            error=self.waiting_for if state == "running" else "",
+            error=self.error or (self.waiting_for if state == "running" else ""),
         )
 
 

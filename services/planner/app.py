@@ -15,4 +15,5 @@ def create_app(settings: ServiceSettings) -> FastStream:
     service = PlannerService(settings)
     app = FastStream(service.broker)
     app.after_startup(service.after_start)
+    app.on_shutdown(service.before_stop)
     return app

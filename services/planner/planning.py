@@ -1,21 +1,23 @@
 """From a submission to a plan: validate everything before anything is published.
 
-`plan_job` is pure apart from writing the job's first tasks to the store (deterministic paths,
+`plan_job` is pure apart from writing the job's first tasks to the store (content-addressed,
 so a repeat writes the same bytes): it raises `Rejected` with a message for the submitter when
-the job cannot run, and otherwise returns the job record and the first manifests.
+the job cannot run, and otherwise returns the job record and the first manifests (one task
+each). Every path a job names is checked: what it reads must be under the deployment's input
+roots, what it writes under its output root, both after normalising (`..`, symlinks).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
-from gristmill.bus import JobSpec, StepInfo, TaskManifest
+from gristmill.bus import JobSpec, StepInfo, TaskEntry, TaskManifest
 from gristmill.bus.jobs import JobRecord, job_id_for
 from gristmill.errors import GristmillError
 from gristmill.pipeline import Pipeline
@@ -24,13 +26,16 @@ from gristmill.pipeline.spec import ClassLoader, load_spec
 from gristmill.stages import get_stage_class, run_stage
 from gristmill.stages.base import init_signature
 from gristmill.stages.text.io.partition import FilePartitioningStage
-from gristmill.store import TaskStore
+from gristmill.store import TaskStore, within
 from gristmill.tasks import EmptyTask, Task
 
 __all__ = ["Rejected", "plan_job"]
 
 # Parameters that name where a stage writes: they must stay under the deployment's output root.
 _OUTPUT_PARAMS = ("path", "drops_path", "output_path")
+# Parameters that name what a stage reads: they must stay under the deployment's input roots.
+_INPUT_PARAMS = ("file_paths",)
+_GLOB = set("*?[")
 
 
 class Rejected(GristmillError):
@@ -51,11 +56,15 @@ def plan_job(
     output_root: str,
     trust_code: bool,
     loader: CodeLoader | None = None,
+    input_roots: Sequence[str] = (),
 ) -> Planned:
     """Validate `spec`, plan it, store its first tasks; `Rejected` when it cannot run.
-    `loader` (of the team's code; default: a new one) is used only when `trust_code`."""
+    `loader` (of the team's code; default: a new one) is used only when `trust_code`; inputs
+    may be read under `input_roots` (none given: the output root)."""
     try:
-        return _plan(spec, store, output_root, trust_code, loader)
+        return _plan(
+            spec, store, output_root, trust_code, loader, tuple(input_roots) or (output_root,)
+        )
     except Rejected:
         raise
     except GristmillError as exc:
@@ -70,6 +79,7 @@ def _plan(
     output_root: str,
     trust_code: bool,
     loader: CodeLoader | None,
+    input_roots: tuple[str, ...],
 ) -> Planned:
     job = job_id_for(spec.team, spec.request_id)
     if spec.code and not trust_code:
@@ -85,6 +95,10 @@ def _plan(
     raw = _with_paths(spec.pipeline, spec.inputs, spec.output)
     pipeline = Pipeline.from_spec(raw, load_class)
     _check_output_paths(raw, output_root)
+    _check_input_paths(raw, input_roots)
+    for ref in spec.initial:
+        if ref.uri and not within(ref.uri, store.team_root(spec.team)):
+            raise Rejected(f"initial task {ref.uri!r} is not in team {spec.team}'s store")
     stages = pipeline.build(fuse=spec.options.fuse).physical_stages()
     steps = [
         StepInfo(
@@ -92,6 +106,7 @@ def _plan(
             pool="gpu" if stage.resources.requires_gpu else "cpu",
             gpus=stage.resources.gpus,
             gpu_memory_gb=stage.resources.gpu_memory_gb,
+            task_timeout_s=_timeout(stage),
         )
         for stage in stages
     ]
@@ -107,6 +122,8 @@ def _plan(
         groups: list[Task[Any]] = run_stage(stages[0], [EmptyTask()])
         if not groups:
             raise Rejected(f"step 0 '{stages[0].name}' found no input files")
+        for group in groups:  # their timings would make each plan's bytes (and refs) differ
+            group._stage_perf = [dataclasses.replace(p, wall_time_s=0.0) for p in group._stage_perf]
         first_step = 1
         first = [(g.task_id, g.dataset_name, [store.put(spec.team, job, 0, g)]) for g in groups]
     else:
@@ -120,13 +137,20 @@ def _plan(
             job=job,
             step=first_step,
             step_name=steps[first_step].name,
-            task_id=task_id,
-            dataset=dataset,
-            inputs=refs,
+            key=task_id,
+            tasks=[TaskEntry(task_id=task_id, dataset=dataset, inputs=refs)],
         )
         for task_id, dataset, refs in first
     ]
     return Planned(record, manifests)
+
+
+def _timeout(stage: Any) -> float | None:
+    """A step's own task timeout: the longest any of its stages sets (None: the job's)."""
+    own = [
+        t for m in getattr(stage, "members", [stage]) if (t := getattr(m, "task_timeout_s", None))
+    ]
+    return max(own) if own else None
 
 
 def _untrusted(spec: JobSpec, store: TaskStore) -> str:
@@ -183,17 +207,29 @@ def _check_output_paths(raw: dict[str, Any], output_root: str) -> None:
     for position, entry in enumerate(raw["stages"], 1):
         for key in _OUTPUT_PARAMS:
             value = entry.get("params", {}).get(key)
-            if isinstance(value, str) and not _within(value, output_root):
+            if isinstance(value, str) and not within(value, output_root):
                 raise Rejected(
                     f"stage #{position} '{entry['stage']}': {key} {value!r} is outside the "
                     f"output root {output_root} this service lets the team write to"
                 )
 
 
-def _within(path: str, root: str) -> bool:
-    """Whether `path` is `root` or below it (local paths resolved; URLs compared by prefix)."""
-    if urlparse(path).scheme not in ("", "file") or urlparse(root).scheme not in ("", "file"):
-        return path.rstrip("/") == root.rstrip("/") or path.startswith(root.rstrip("/") + "/")
-    resolved = os.path.realpath(urlparse(path).path if path.startswith("file:") else path)
-    base = os.path.realpath(urlparse(root).path if root.startswith("file:") else root)
-    return os.path.commonpath([resolved, base]) == base
+def _check_input_paths(raw: dict[str, Any], roots: tuple[str, ...]) -> None:
+    for position, entry in enumerate(raw["stages"], 1):
+        for key in _INPUT_PARAMS:
+            value = entry.get("params", {}).get(key)
+            for path in [value] if isinstance(value, str) else value or []:
+                if not isinstance(path, str):
+                    continue
+                fixed = _before_glob(path)
+                if not any(within(fixed, root) for root in roots):
+                    raise Rejected(
+                        f"stage #{position} '{entry['stage']}': {key} {path!r} is outside the "
+                        f"input roots this service lets the team read ({', '.join(roots)})"
+                    )
+
+
+def _before_glob(path: str) -> str:
+    """The part of a path before its first glob character, cut back to a whole directory."""
+    cut = next((i for i, c in enumerate(path) if c in _GLOB), None)
+    return path if cut is None else path[:cut].rsplit("/", 1)[0] or "/"

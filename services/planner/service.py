@@ -1,24 +1,50 @@
 """The planner: answers `gm.<team>.api.submit` (and `api.info`) for each team it serves.
 
 A submission is validated and planned (`planning.plan_job`) off the event loop; a rejected one
-gets an error reply and publishes nothing. An accepted one is made durable in an order that
-can stop at any instruction and be repeated by the client resubmitting the same request id:
-job record (KV put) -> one durable consumer per step -> first manifests (`Nats-Msg-Id`) ->
-`JobStarted` event (`Nats-Msg-Id`) -> reply with the job id.
+gets an error reply and publishes nothing. An accepted one is made durable in an order that can
+stop at any instruction and be taken up again:
+
+1. the first manifests, stored (`plan`), and the job record pointing at them (KV);
+2. one durable consumer per step;
+3. `JobStarted` (`Nats-Msg-Id`), then the reply with the job id;
+4. in the background: the long id list in `IdsPart`s, the manifests (`Nats-Msg-Id` each; a full
+   stream makes it wait, never drop), then the `published` mark.
+
+A planner that starts finds every job recorded but not marked published and finishes steps 2-4
+(repeats are dropped by msg id, or found done by the workers), so a planner killed anywhere
+never leaves a job that does not start, nor one that misses a manifest. Resubmitting a request
+id answers with the same job and publishes nothing new.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 from faststream.nats import NatsBroker, NatsMessage
 
-from gristmill.bus import ApiReply, JobSpec, JobStarted, MessageError
-from gristmill.bus.client import publish
-from gristmill.bus.jobs import consumer_name, job_key, msg_id
+from gristmill import faults
+from gristmill.bus import (
+    IDS_PER_PART,
+    ApiReply,
+    IdsPart,
+    JobSpec,
+    JobStarted,
+    MessageError,
+    TaskManifest,
+)
+from gristmill.bus.client import Publisher
+from gristmill.bus.jobs import (
+    JobRecord,
+    archived_key,
+    consumer_name,
+    job_key,
+    msg_id,
+    published_key,
+)
 from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.bus.subjects import api_subject, event_subject, task_subject
 from gristmill.config import ServiceSettings
@@ -30,6 +56,9 @@ __all__ = ["PlannerService"]
 
 log = logging.getLogger("gristmill.planner")
 
+# Manifests published per batch (their acks are awaited together).
+PUBLISH_BATCH = 512
+
 
 class PlannerService:
     """The planner of one deployment; `broker` is its FastStream broker."""
@@ -40,18 +69,37 @@ class PlannerService:
         self.broker = NatsBroker(settings.nats_url, logger=None)
         # One per team, kept: a pipeline's code is loaded once, not at every submission.
         self._loaders = {team: _team_loader(self.store, team) for team in settings.teams}
+        self._publishing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._publisher: Publisher | None = None
         for team in settings.teams:
-            submit = self.broker.subscriber(api_subject(team, "submit"), queue="planner")
-            submit(self._submit_handler(team))
-            info = self.broker.subscriber(api_subject(team, "info"), queue="planner")
-            info(self._info_handler(team))
+            self.broker.subscriber(api_subject(team, "submit"), queue="planner")(
+                self._submit_handler(team)
+            )
+            self.broker.subscriber(api_subject(team, "info"), queue="planner")(
+                self._info_handler(team)
+            )
+
+    @property
+    def _js(self) -> Any:
+        return self.broker.config.connection_state.stream
 
     async def after_start(self) -> None:
-        """Create each team's streams and buckets (idempotent)."""
-        js = self.broker.config.connection_state.stream
+        """Create each team's streams and buckets (idempotent), then finish what a planner
+        before this one left half published."""
+        self._publisher = await Publisher(self.broker.config.connection_state.connection).start()
         for team in self.settings.teams:
-            await ensure_layout(js, TeamLayout(team))
+            await ensure_layout(self._js, TeamLayout(team), self.settings.stream_limits())
+        for team in self.settings.teams:
+            await self._resume(team)
         log.info("planner ready for teams %s", ", ".join(self.settings.teams))
+
+    async def before_stop(self) -> None:
+        """Stop publishing (a planner started later finishes it)."""
+        for task in self._publishing.values():
+            task.cancel()
+        for task in list(self._publishing.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _submit_handler(self, team: str) -> Any:
         async def submit(msg: NatsMessage) -> bytes:
@@ -83,59 +131,138 @@ class PlannerService:
                 self.settings.output_root,
                 self.settings.trust_code,
                 self._loaders[team],
+                self.settings.readable_roots,
             )
         except Rejected as exc:
             log.info("rejected a job of team %s: %s", team, exc)
             return ApiReply(ok=False, error=str(exc))
+        job = planned.record.job
+        if await self._known(team, job):
+            return ApiReply(ok=True, job=job)  # a resubmitted request: that job, nothing new
         await self._start(team, planned)
-        return ApiReply(ok=True, job=planned.record.job)
+        return ApiReply(ok=True, job=job)
+
+    async def _known(self, team: str, job: str) -> bool:
+        from nats.js.errors import KeyNotFoundError
+
+        jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+        for key in (published_key(job), archived_key(job)):
+            with contextlib.suppress(KeyNotFoundError):
+                if (await jobs.get(key)).value:
+                    return True
+        return (team, job) in self._publishing
 
     async def _start(self, team: str, planned: Planned) -> None:
+        """Steps 1-3 of the module docstring, then step 4 in the background."""
+        lines = b"\n".join(m.to_json() for m in planned.manifests)
+        plan = await asyncio.to_thread(self.store.put_plan, team, planned.record.job, lines)
+        record = planned.record.model_copy(update={"plan": plan, "submitted_at": time.time()})
+        jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+        await jobs.put(job_key(record.job), record.to_json())
+        faults.point("planner.recorded")
+        await self._begin(team, record, planned.manifests)
+
+    async def _begin(self, team: str, record: JobRecord, manifests: list[TaskManifest]) -> None:
+        """Consumers, `JobStarted`, and the background publishing of the manifests."""
         from nats.js import api
 
-        js = self.broker.config.connection_state.stream
         layout = TeamLayout(team)
-        record = planned.record
-        options = record.spec.options
-        jobs = await js.key_value(layout.bucket("jobs"))
-        await jobs.put(job_key(record.job), record.to_json())
         for step in range(record.first_step, len(record.steps)):
-            await js.add_consumer(
+            await self._js.add_consumer(
                 layout.tasks_stream,
                 api.ConsumerConfig(
                     durable_name=consumer_name(record.job, step),
                     filter_subject=task_subject(team, record.job, str(step)),
                     ack_policy=api.AckPolicy.EXPLICIT,
-                    ack_wait=options.ack_wait_s,
+                    ack_wait=record.spec.options.ack_wait_s,
                     max_deliver=-1,  # workers dead-letter after max_deliver themselves
                     max_ack_pending=-1,
                 ),
             )
-        subject = task_subject(team, record.job, str(record.first_step))
-        await asyncio.gather(
-            *(
-                publish(js, subject, m, msg_id("task", m.job, m.step, m.task_id))
-                for m in planned.manifests
-            )
-        )
+        faults.point("planner.consumers")
+        ids = [m.key for m in manifests]
+        long = len(ids) > IDS_PER_PART
         started = JobStarted(
             job=record.job,
             team=team,
             pipeline=str(record.spec.pipeline.get("name", "")),
             steps=record.steps,
             first_step=record.first_step,
-            initial=[m.task_id for m in planned.manifests],
-            submitted_at=time.time(),
+            initial=[] if long else ids,
+            initial_parts=-(-len(ids) // IDS_PER_PART) if long else 0,
+            submitted_at=record.submitted_at,
         )
-        await publish(
-            js, event_subject(team, record.job, "job_started"), started, f"started.{record.job}"
+        assert self._publisher is not None
+        await self._publisher.publish(
+            event_subject(team, record.job, "job_started"), started, f"started.{record.job}"
         )
-        log.info(
-            "job %s: %d tasks published to step %d",
-            record.job,
-            len(planned.manifests),
-            record.first_step,
-        )
+        faults.point("planner.started")
+        task = asyncio.create_task(self._publish(team, record, manifests, long))
+        self._publishing[team, record.job] = task
+        task.add_done_callback(lambda _: self._publishing.pop((team, record.job), None))
+
+    async def _publish(
+        self, team: str, record: JobRecord, manifests: list[TaskManifest], long: bool
+    ) -> None:
+        assert self._publisher is not None
+        job, step = record.job, record.first_step
+        try:
+            if long:
+                subject = event_subject(team, job, "ids")
+                ids = [m.key for m in manifests]
+                parts = [
+                    IdsPart(
+                        job=job,
+                        step=step,
+                        owner="",
+                        part=n,
+                        parts=-(-len(ids) // IDS_PER_PART),
+                        ids=ids[at : at + IDS_PER_PART],
+                    )
+                    for n, at in enumerate(range(0, len(ids), IDS_PER_PART))
+                ]
+                await self._publisher.publish_many(
+                    [(subject, p, msg_id("ids", job, step, "", p.part)) for p in parts]
+                )
+            subject = task_subject(team, job, str(step))
+            for at in range(0, len(manifests), PUBLISH_BATCH):
+                batch = manifests[at : at + PUBLISH_BATCH]
+                await self._publisher.publish_many(
+                    [(subject, m, msg_id("task", job, step, m.key)) for m in batch]
+                )
+                faults.point("planner.manifests")
+            jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+            await jobs.put(published_key(job), b"1")
+            log.info("job %s: %d manifests published to step %d", job, len(manifests), step)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: publishing its manifests failed; a restart finishes it", job)
+
+    async def _resume(self, team: str) -> None:
+        """Finish the jobs a planner before this one recorded but did not publish in full."""
+        from nats.js.errors import KeyNotFoundError, NoKeysError
+
+        jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+        try:
+            keys = await jobs.keys(filters=["job.*"])
+        except NoKeysError:
+            return
+        for key in keys:
+            job = key.split(".", 1)[1]
+            with contextlib.suppress(KeyNotFoundError):
+                await jobs.get(published_key(job))
+                continue
+            try:
+                record = JobRecord.from_json((await jobs.get(key)).value)
+                assert record.plan is not None, "a record written before its plan"
+                lines = await asyncio.to_thread(self.store.get_bytes, record.plan, team)
+                manifests = [TaskManifest.from_json(line) for line in lines.split(b"\n") if line]
+            except Exception:
+                log.exception("job %s: cannot take up its publishing", job)
+                continue
+            log.info("job %s: taking up the publishing of %d manifests", job, len(manifests))
+            await self._begin(team, record, manifests)
 
 
 def _team_loader(store: TaskStore, team: str) -> CodeLoader:

@@ -1,10 +1,11 @@
-"""`StepRunner`: one step of one pipeline, set up once, run task after task.
+"""`StepRunner`: one step of one pipeline, set up once, run manifest after manifest.
 
-A worker keeps one runner per (team, pipeline fingerprint, step) per slot inside a Ray actor,
-so models stay loaded and jobs with the same pipeline reuse it. The runner reads a manifest's
-inputs from the store, runs the stage and writes the outputs back, at paths named by the job,
-the step and the output's deterministic id: running a task again writes the same files.
-Data never passes through the worker's event loop, only `DataRef`s.
+A worker keeps runners per (team, pipeline fingerprint, step) inside Ray actors, so models stay
+loaded and jobs with the same pipeline reuse them. The runner reads each task's inputs (inline,
+or from the store, checked to be the team's), runs the stage, and stores what one manifest's
+tasks made together (`TaskStore.put_tasks`): running a manifest again writes the same names.
+Data never passes through the worker's event loop, only `DataRef`s. `progress()` answers while
+`run()` works (the actor runs two calls at once), so the worker can stop a task that hangs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import pyarrow as pa
 
 from gristmill.bus import TaskManifest
 from gristmill.bus.jobs import JobRecord
-from gristmill.errors import StageError
+from gristmill.errors import GristmillError, StageError
 from gristmill.pipeline import Pipeline
 from gristmill.pipeline.portable import CodeLoader
 from gristmill.stages import NodeInfo, WorkerMetadata, run_stage
 from gristmill.store import TaskStore
-from gristmill.tasks import FileGroupTask, Task, drop_count
+from gristmill.tasks import FileGroupTask, Task, check_task_id, drop_count
 
 __all__ = ["StepRunner"]
 
@@ -38,6 +39,7 @@ class StepRunner:
         self.team = record.spec.team
         self.step = step
         self.store = TaskStore(store_root)
+        self._current: tuple[str, float] | None = None
         loader = None
         if trust_code:
             loader = CodeLoader(lambda sha: self.store.get_code(self.team, sha))
@@ -54,39 +56,72 @@ class StepRunner:
         except Exception as exc:
             raise StageError(self.stage.name, exc, phase=phase) from exc
 
-    def run(self, manifests: list[bytes]) -> list[dict[str, Any]]:
-        """Run each manifest's task on its own; one result per manifest, in order: `ok` with
-        the output refs and counts, or not `ok` with the error and its traceback."""
-        results = [self._one(TaskManifest.from_json(raw)) for raw in manifests]
-        pa.default_memory_pool().release_unused()  # an idle actor should not sit on buffers
-        return results
+    def run(self, manifests: list[bytes]) -> list[list[dict[str, Any]]]:
+        """Run every task of each manifest on its own; per manifest, one result per task, in
+        order: `ok` with the output refs, ids and counts, or not `ok` with the error and its
+        traceback."""
+        try:
+            return [self._manifest(TaskManifest.from_json(raw)) for raw in manifests]
+        finally:
+            self._current = None
+            pa.default_memory_pool().release_unused()  # an idle actor should not sit on buffers
+
+    def progress(self) -> tuple[str, float] | None:
+        """The task running now and for how many seconds, or None between calls."""
+        current = self._current
+        return None if current is None else (current[0], time.monotonic() - current[1])
 
     def teardown(self) -> None:
         """Let the stage release what it holds."""
         self.stage.teardown()
 
-    def _one(self, manifest: TaskManifest) -> dict[str, Any]:
+    def _manifest(self, manifest: TaskManifest) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        made: list[list[Task[Any]]] = []
+        for entry in manifest.tasks:
+            self._current = (entry.task_id, time.monotonic())
+            result, outputs = self._task(entry.inputs)
+            results.append(result)
+            made.append(outputs)
+        if not all(r["ok"] for r in results):
+            return results  # the manifest is retried task by task: nothing of it is kept
         try:
-            tasks = [self.store.get(ref) for ref in manifest.inputs]
+            flat = [task for outputs in made for task in outputs]
+            refs = iter(
+                self.store.put_tasks(self.team, manifest.job, self.step, manifest.key, flat)
+            )
+        except GristmillError as exc:
+            return [_failure(exc, traceback.format_exc()) for _ in manifest.tasks]
+        for result, outputs in zip(results, made, strict=True):
+            result["refs"] = [next(refs) for _ in outputs]
+        return results
+
+    def _task(self, inputs: list[Any]) -> tuple[dict[str, Any], list[Task[Any]]]:
+        try:
+            tasks = [self.store.get(ref, self.team) for ref in inputs]
             items_in = sum(t.num_items for t in tasks)
             drops_in = sum(drop_count(t) for t in tasks)
             started = time.perf_counter()
             outputs = run_stage(self.stage, tasks)
             wall = time.perf_counter() - started
-            refs = [self.store.put(self.team, manifest.job, self.step, out) for out in outputs]
+            for out in outputs:
+                check_task_id(out.task_id, f"stage '{self.stage.name}' made a task whose")
         except Exception as exc:
             detail = exc.traceback if isinstance(exc, StageError) else traceback.format_exc()
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": detail}
+            return _failure(exc, detail), []
         return {
             "ok": True,
-            "outputs": [ref.to_json() for ref in refs],
             "output_ids": [out.task_id for out in outputs],
-            "dataset": [out.dataset_name for out in outputs],
+            "datasets": [out.dataset_name for out in outputs],
             "items_in": items_in,
             "items_out": sum(_documents(out) for out in outputs),
             "items_dropped": max(0, sum(drop_count(out) for out in outputs) - drops_in),
             "wall_time_s": wall,
-        }
+        }, outputs
+
+
+def _failure(exc: BaseException, detail: str) -> dict[str, Any]:
+    return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": detail}
 
 
 def _documents(task: Task[Any]) -> int:

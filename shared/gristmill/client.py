@@ -1,4 +1,4 @@
-"""Talking to a running service: submit, follow, read back outputs, dead letters.
+"""Talking to a running service: submit, follow, read back outputs, dead letters, collect.
 
 `ServiceClient` is what the CLI and `ServiceExecutor` use; every call goes over NATS (requests to
 the planner and the coordinator, JetStream reads of the events and dead-letter streams) and the
@@ -16,14 +16,21 @@ from typing import Any
 
 from gristmill.bus import (
     ApiReply,
+    DataRef,
     DeadLetter,
+    GcQuery,
+    IdsPart,
     JobSpec,
     JobStarted,
     JobState,
     StatusQuery,
-    TaskDone,
+    TaskFailed,
+    TaskResult,
+    TaskRetried,
+    TasksDone,
+    WorkerState,
 )
-from gristmill.bus.client import publish, replay, request
+from gristmill.bus.client import Publisher, replay, request
 from gristmill.bus.jobs import JobRecord, consumer_name, job_key, msg_id
 from gristmill.bus.streams import TeamLayout
 from gristmill.bus.subjects import dlq_filter, event_subject, task_subject
@@ -31,7 +38,7 @@ from gristmill.errors import GristmillError
 from gristmill.store import TaskStore
 from gristmill.tasks import Task
 
-__all__ = ["JobRejected", "ServiceClient", "new_request_id"]
+__all__ = ["JobRejected", "ServiceClient", "ServiceStatus", "new_request_id"]
 
 
 class JobRejected(GristmillError):
@@ -43,6 +50,15 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+class ServiceStatus:
+    """What `status` answers: job states, live workers, how many jobs were archived."""
+
+    def __init__(self, jobs: list[JobState], workers: list[WorkerState], archived: int):
+        self.jobs = jobs
+        self.workers = workers
+        self.archived = archived
+
+
 class ServiceClient:
     """An open connection to a service for one team."""
 
@@ -51,6 +67,7 @@ class ServiceClient:
         self.js = nc.jetstream()
         self.team = team
         self._store: TaskStore | None = None
+        self._publisher = Publisher(nc, full_timeout_s=60.0)
 
     @classmethod
     async def connect(cls, url: str, team: str = "default") -> ServiceClient:
@@ -58,7 +75,7 @@ class ServiceClient:
         import nats
 
         try:
-            nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2)
+            nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=5)
         except Exception as exc:
             raise GristmillError(
                 f"cannot reach the gristmill service's NATS server at {url}: {exc}"
@@ -81,6 +98,12 @@ class ServiceClient:
 
     async def submit(self, spec: JobSpec, retries: int = 3) -> str:
         """Submit; returns the job id. A lost reply is retried with the same request id."""
+        size, limit = len(spec.to_json()), self.nc.max_payload
+        if size > limit:
+            raise GristmillError(
+                f"the submission is {size} bytes, more than the NATS server takes in one "
+                f"message ({limit}); pass fewer initial tasks, or inputs as directories or globs"
+            )
         for attempt in range(retries):
             try:
                 reply = await request(self.nc, self.team, "submit", spec, timeout_s=60.0)
@@ -94,9 +117,17 @@ class ServiceClient:
         return reply.job
 
     async def status(self, job: str | None = None) -> list[JobState]:
-        """The state of one job, or of every job the coordinator knows."""
+        """The state of one job, or of every job the coordinator follows."""
+        return (await self.service_status(job)).jobs
+
+    async def service_status(self, job: str | None = None) -> ServiceStatus:
+        """Job states (one job, or all), live workers, the number of archived jobs."""
         reply = _ok(await request(self.nc, self.team, "status", StatusQuery(job=job)))
-        return [JobState.model_validate(raw) for raw in reply.data["jobs"]]
+        return ServiceStatus(
+            [JobState.model_validate(raw) for raw in reply.data["jobs"]],
+            [WorkerState.model_validate(raw) for raw in reply.data.get("workers", [])],
+            int(reply.data.get("archived", 0)),
+        )
 
     async def wait(
         self,
@@ -140,35 +171,83 @@ class ServiceClient:
         """The planner's start event of `job`."""
         async for msg in replay(self.js, event_subject(self.team, job, "job_started")):
             return JobStarted.from_json(msg.data)
-        raise GristmillError(f"job {job} has no start event")
+        raise GristmillError(f"job {job} has no start event (unknown, or archived)")
 
-    async def done_events(self, job: str) -> list[TaskDone]:
-        """Every `TaskDone` of the job, one per task (a re-announcement is left out)."""
-        seen: dict[tuple[int, str], TaskDone] = {}
+    async def done_events(self, job: str) -> list[TasksDone]:
+        """Every `TasksDone` of the job, one per manifest (a re-announcement is left out)."""
+        seen: dict[tuple[int, str], TasksDone] = {}
         async for msg in replay(self.js, event_subject(self.team, job, "task_done")):
-            done = TaskDone.from_json(msg.data)
-            seen.setdefault((done.step, done.task_id), done)
+            done = TasksDone.from_json(msg.data)
+            seen.setdefault((done.step, done.key), done)
         return list(seen.values())
+
+    async def results(self, job: str) -> dict[tuple[int, str], TaskResult]:
+        """Every task's result, by (step, task id)."""
+        found: dict[tuple[int, str], TaskResult] = {}
+        for done in await self.done_events(job):
+            for result in done.results:
+                found.setdefault((done.step, result.task_id), result)
+        return found
+
+    async def failures(self, job: str) -> dict[tuple[int, str], TaskFailed]:
+        """Every task that was dead-lettered at some point, by (step, task id)."""
+        found: dict[tuple[int, str], TaskFailed] = {}
+        async for msg in replay(self.js, event_subject(self.team, job, "task_failed")):
+            failed = TaskFailed.from_json(msg.data)
+            found.setdefault((failed.step, failed.task_id), failed)
+        return found
+
+    async def _parts(self, job: str) -> dict[tuple[int, str], dict[int, IdsPart]]:
+        found: dict[tuple[int, str], dict[int, IdsPart]] = {}
+        async for msg in replay(self.js, event_subject(self.team, job, "ids")):
+            part = IdsPart.from_json(msg.data)
+            found.setdefault((part.step, part.owner), {})[part.part] = part
+        return found
 
     async def outputs(self, job: str) -> list[Task[Any]]:
         """The last step's output tasks, in the order `LocalExecutor` returns them (depth
-        first from the first tasks, each task's outputs in the order its stage made them)."""
+        first from the first tasks, each task's outputs in the order its stage made them).
+
+        Every task must have finished or failed: a task with neither (its events lost, or the
+        job archived) is an error, never a silently shorter list."""
         started = await self.started(job)
-        by_task = {(d.step, d.task_id): d for d in await self.done_events(job)}
+        results = await self.results(job)
+        failed = await self.failures(job)
+        parts = await self._parts(job)
         last = len(started.steps) - 1
-        ordered: list[Any] = []
-        stack = [(started.first_step, task_id) for task_id in reversed(started.initial)]
+
+        def listed(step: int, owner: str, inline: list[Any], count: int, what: str) -> list[Any]:
+            if not count:
+                return inline
+            got = parts.get((step, owner), {})
+            if len(got) < count:
+                raise GristmillError(
+                    f"job {job}: {len(got)} of the {count} parts listing the {what} of "
+                    f"{owner or 'the planner'} are in the events stream"
+                )
+            field = "outputs" if what == "outputs" else "ids"
+            return [x for n in range(count) for x in getattr(got[n], field)]
+
+        initial = listed(started.first_step, "", started.initial, started.initial_parts, "ids")
+        ordered: list[DataRef] = []
+        stack = [(started.first_step, task_id) for task_id in reversed(initial)]
         while stack:
             step, task_id = stack.pop()
-            done = by_task.get((step, task_id))
-            if done is None:
-                continue  # failed, so it has no outputs
+            result = results.get((step, task_id))
+            if result is None:
+                if (step, task_id) in failed:
+                    continue  # dead-lettered, so it has no outputs
+                raise GristmillError(
+                    f"job {job}: task {task_id} of step {step} neither finished nor failed as far "
+                    f"as the events stream says; its outputs cannot be read"
+                )
             if step == last:
-                ordered.extend(done.outputs)
+                ordered.extend(listed(step + 1, task_id, result.outputs, result.parts, "outputs"))
             else:
-                stack.extend((step + 1, child) for child in reversed(done.output_ids))
+                children = listed(step + 1, task_id, result.output_ids, result.parts, "ids")
+                stack.extend((step + 1, child) for child in reversed(children))
         store = await self.store()
-        return [store.get(ref) for ref in ordered]
+        return [store.get(ref, self.team) for ref in ordered]
 
     async def dead_letters(self, job: str | None = None) -> list[DeadLetter]:
         """Dead letters of one job, or of all the team's jobs, oldest first."""
@@ -176,30 +255,54 @@ class ServiceClient:
         return [DeadLetter.from_json(m.data) async for m in replay(self.js, subject)]
 
     async def retry(self, letter: DeadLetter) -> None:
-        """Run a dead-lettered task again (its step's consumer is recreated if it expired)."""
+        """Run a dead-lettered task again with all its attempts: its job reopens (a
+        `TaskRetried` event) and ends again once the task has run."""
         from nats.js import api
 
         manifest = letter.manifest
+        if manifest is None:
+            raise GristmillError(
+                f"the dead letter from {letter.subject} holds no readable manifest (it came as "
+                f"{letter.raw[:80]!r}); it cannot be retried"
+            )
         layout = TeamLayout(self.team)
         jobs = await self.js.key_value(layout.bucket("jobs"))
-        record = JobRecord.from_json((await jobs.get(job_key(manifest.job))).value)
+        try:
+            record = JobRecord.from_json((await jobs.get(job_key(manifest.job))).value)
+        except Exception as exc:
+            raise GristmillError(f"job {manifest.job} has no record (archived?): {exc}") from exc
+        [entry] = manifest.tasks
+        step = manifest.step
         await self.js.add_consumer(
             layout.tasks_stream,
             api.ConsumerConfig(
-                durable_name=consumer_name(manifest.job, manifest.step),
-                filter_subject=task_subject(self.team, manifest.job, str(manifest.step)),
+                durable_name=consumer_name(manifest.job, step),
+                filter_subject=task_subject(self.team, manifest.job, str(step)),
                 ack_policy=api.AckPolicy.EXPLICIT,
                 ack_wait=record.spec.options.ack_wait_s,
                 max_deliver=-1,
                 max_ack_pending=-1,
             ),
         )
-        await publish(
-            self.js,
-            task_subject(self.team, manifest.job, str(manifest.step)),
-            manifest,
-            msg_id("retry", manifest.job, manifest.step, manifest.task_id, letter.failure.attempts),
+        once = uuid.uuid4().hex[:12]
+        retried = TaskRetried(job=manifest.job, step=step, task_id=entry.task_id)
+        subject = event_subject(self.team, manifest.job, "task_retried")
+        await self._publisher.publish(
+            subject, retried, msg_id("retried", manifest.job, step, entry.task_id, once)
         )
+        fresh = manifest.model_copy(update={"tasks": [entry.model_copy(update={"attempts": 0})]})
+        await self._publisher.publish(
+            task_subject(self.team, manifest.job, str(step)),
+            fresh,
+            f"{msg_id('retry', manifest.job, step, entry.task_id)}.{once}",
+        )
+
+    async def gc(self, older_than_s: float | None = None) -> list[str]:
+        """Archive the team's jobs finished more than `older_than_s` ago (default: the
+        service's retention); returns the jobs archived."""
+        query = GcQuery(older_than_s=older_than_s)
+        reply = _ok(await request(self.nc, self.team, "gc", query, timeout_s=120.0))
+        return list(reply.data["archived"])
 
 
 def _ok(reply: ApiReply) -> ApiReply:

@@ -9,6 +9,10 @@ override them).
 | GRISTMILL_TEAMS          | `default`                     | teams this deployment serves         |
 | GRISTMILL_OUTPUT_ROOT    | the directory `up` ran in     | where jobs may write (per deployment)|
 | GRISTMILL_TRUST_CODE     | `1`                           | run submitters' own classes          |
+| GRISTMILL_INPUT_ROOTS    | the output root               | where jobs may read (comma-separated)|
+| GRISTMILL_STREAM_MAX_BYTES | 1 GiB                       | each team's tasks/events/DLQ streams |
+| GRISTMILL_RETENTION_S    | 86400 (a day)                 | finished jobs kept before collection |
+| GRISTMILL_IDLE_ACTOR_S   | 60                            | an idle step actor is stopped after  |
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gristmill.bus.streams import StreamLimits, layout_name
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
 
@@ -45,6 +50,23 @@ def _flag(value: str) -> bool:
     raise GristmillError(f"GRISTMILL_TRUST_CODE must be 1 or 0, got {value!r}")
 
 
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise GristmillError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise GristmillError(f"{name} must be above 0, got {raw!r}")
+    return value
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """What every service process needs to know about its deployment."""
@@ -55,25 +77,46 @@ class ServiceSettings:
     teams: tuple[str, ...] = ("default",)
     output_root: str = field(default_factory=os.getcwd)
     trust_code: bool = True
+    input_roots: tuple[str, ...] = ()  # empty: the output root
+    stream_max_bytes: int = 1 << 30
+    retention_s: float = 86400.0
+    idle_actor_s: float = 60.0
 
     def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
         for team in self.teams:
             check_token("team", team)
+            other = seen.setdefault(layout_name(team), team)
+            if other != team:
+                raise GristmillError(
+                    f"teams {other!r} and {team!r} would share streams and buckets "
+                    f"(both become {layout_name(team)!r}); rename one of them"
+                )
+
+    @property
+    def readable_roots(self) -> tuple[str, ...]:
+        """Where jobs may read input files."""
+        return self.input_roots or (self.output_root,)
+
+    def stream_limits(self) -> StreamLimits:
+        """The limits each team's streams are created with."""
+        return StreamLimits(max_bytes=self.stream_max_bytes)
 
     @classmethod
     def from_env(cls, url: str | None = None) -> ServiceSettings:
         """Settings from the environment; `url` wins over `GRISTMILL_NATS_URL`."""
         directory = state_dir()
-        teams = tuple(
-            t.strip() for t in os.environ.get("GRISTMILL_TEAMS", "default").split(",") if t.strip()
-        )
         return cls(
             nats_url=nats_url(url),
             state_dir=directory,
             store_root=os.environ.get("GRISTMILL_STORE", str(directory / "store")),
-            teams=teams,
+            teams=_list(os.environ.get("GRISTMILL_TEAMS", "default")),
             output_root=os.environ.get("GRISTMILL_OUTPUT_ROOT", os.getcwd()),
             trust_code=_flag(os.environ.get("GRISTMILL_TRUST_CODE", "1")),
+            input_roots=_list(os.environ.get("GRISTMILL_INPUT_ROOTS", "")),
+            stream_max_bytes=int(_number("GRISTMILL_STREAM_MAX_BYTES", 1 << 30)),
+            retention_s=_number("GRISTMILL_RETENTION_S", 86400.0),
+            idle_actor_s=_number("GRISTMILL_IDLE_ACTOR_S", 60.0),
         )
 
     def env(self) -> dict[str, str]:
@@ -85,6 +128,10 @@ class ServiceSettings:
             "GRISTMILL_TEAMS": ",".join(self.teams),
             "GRISTMILL_OUTPUT_ROOT": self.output_root,
             "GRISTMILL_TRUST_CODE": "1" if self.trust_code else "0",
+            "GRISTMILL_INPUT_ROOTS": ",".join(self.input_roots),
+            "GRISTMILL_STREAM_MAX_BYTES": str(self.stream_max_bytes),
+            "GRISTMILL_RETENTION_S": repr(self.retention_s),
+            "GRISTMILL_IDLE_ACTOR_S": repr(self.idle_actor_s),
         }
 
 

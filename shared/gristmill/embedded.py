@@ -1,12 +1,15 @@
 """The embedded service `gristmill up` runs: NATS, Ray, planner, coordinator and workers on
-this machine, as child processes of one supervisor.
+this machine, as child processes of one supervisor that keeps them running.
 
 The supervisor starts an embedded nats-server (JetStream, loopback, files under the state
 dir) unless `GRISTMILL_NATS_URL` names a server, opens a Ray session (the workers connect to it
 through `RAY_ADDRESS`), starts `python -m services.planner`, `services.coordinator` and the
 workers, waits until each answers, and writes `<state dir>/service.json` so clients find it.
-Stopping (SIGINT/SIGTERM to the supervisor, or `gristmill down`) stops them in reverse order.
-The services are started by module name: gristmill imports nothing from `services`.
+While it runs it watches its children: one that exits (a crash, a kill) is started again after
+a backoff (1 s, doubling to 30 s, back to 1 s once a child has run for a minute), with a line in
+`<state dir>/logs/supervisor.log`; so is the nats-server, on the same port and store. Stopping
+(SIGINT/SIGTERM to the supervisor, or `gristmill down`) stops them in reverse order. The
+services are started by module name: gristmill imports nothing from `services`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -29,11 +34,34 @@ from gristmill.nats_server import EmbeddedNats
 
 __all__ = ["EmbeddedService"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gristmill.supervisor")
+
+WATCH_EVERY_S = 0.2
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+STABLE_S = 60.0
+
+
+@dataclass
+class _Child:
+    """One supervised process and its restart history."""
+
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    incarnation: int = 0
+    backoff_s: float = FIRST_BACKOFF_S
+    due_at: float | None = None  # when a dead child is to be started again
+    restarts: int = 0
+    exits: list[int] = field(default_factory=list)
 
 
 class EmbeddedService:
-    """A whole service on this machine (see the module docstring)."""
+    """A whole service on this machine (see the module docstring).
+
+    `supervise=False` leaves dead children dead (for tests that restart them by hand);
+    `child_env` adds environment variables for the children (the chaos suite's
+    `GRISTMILL_FAULTS`, say)."""
 
     def __init__(
         self,
@@ -46,6 +74,12 @@ class EmbeddedService:
         trust_code: bool = True,
         nats_url: str | None = None,
         start_timeout_s: float = 120.0,
+        input_roots: tuple[str, ...] = (),
+        supervise: bool = True,
+        child_env: dict[str, str] | None = None,
+        stream_max_bytes: int | None = None,
+        retention_s: float | None = None,
+        idle_actor_s: float | None = None,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.workers = workers
@@ -56,11 +90,21 @@ class EmbeddedService:
         self.trust_code = trust_code
         self.nats_url = nats_url or os.environ.get("GRISTMILL_NATS_URL")
         self.start_timeout_s = start_timeout_s
+        self.input_roots = input_roots
+        self.supervise = supervise
+        self.child_env = dict(child_env or {})
+        self._limits = {
+            "stream_max_bytes": stream_max_bytes,
+            "retention_s": retention_s,
+            "idle_actor_s": idle_actor_s,
+        }
         self.nats: EmbeddedNats | None = None
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._args: dict[str, list[str]] = {}
+        self.children: dict[str, _Child] = {}
         self._env: dict[str, str] = {}
         self._ray: contextlib.ExitStack | None = None
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
         self.settings: ServiceSettings | None = None
 
     @property
@@ -68,6 +112,12 @@ class EmbeddedService:
         """The NATS URL clients use."""
         assert self.settings is not None, "not started"
         return self.settings.nats_url
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The live child processes by name."""
+        with self._lock:
+            return {n: c.process for n, c in self.children.items() if c.process is not None}
 
     def start(self) -> EmbeddedService:
         """Start everything and wait until it answers; on failure, stop what started."""
@@ -88,6 +138,7 @@ class EmbeddedService:
             url = self.nats.url
         else:
             url = self.nats_url
+        limits = {k: v for k, v in self._limits.items() if v is not None}
         self.settings = ServiceSettings(
             nats_url=url,
             state_dir=self.state_dir,
@@ -95,17 +146,24 @@ class EmbeddedService:
             teams=self.teams,
             output_root=self.output_root,
             trust_code=self.trust_code,
+            input_roots=self.input_roots,
+            **limits,  # type: ignore[arg-type]
         )
         self._ray = contextlib.ExitStack()
         session = self._ray.enter_context(ray_session())
-        self._env = {**os.environ, **self.settings.env(), "RAY_ADDRESS": session.address}
+        self._env = {
+            **os.environ,
+            **self.settings.env(),
+            **self.child_env,
+            "RAY_ADDRESS": session.address,
+        }
         self._spawn("planner", ["services.planner"])
         self._spawn("coordinator", ["services.coordinator"])
         for index in range(self.workers):
             self.spawn_worker(f"cpu-{index}", "cpu", self.slots, wait=False)
         for index in range(self.gpu_workers):
             self.spawn_worker(f"gpu-{index}", "gpu", 1, wait=False)
-        asyncio.run(self._wait_ready([n for n in self._args if n.startswith(("cpu-", "gpu-"))]))
+        asyncio.run(self._wait_ready([n for n in self.children if _is_worker(n)]))
         record = {
             "nats_url": url,
             "pid": os.getpid(),
@@ -113,6 +171,9 @@ class EmbeddedService:
             "processes": {name: p.pid for name, p in self.processes.items()},
         }
         (self.state_dir / SERVICE_FILE).write_text(json.dumps(record, indent=2))
+        if self.supervise:
+            self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+            self._watcher.start()
 
     def spawn_worker(
         self, name: str, pool: str = "cpu", slots: int | None = None, wait: bool = True
@@ -124,32 +185,107 @@ class EmbeddedService:
         if wait:
             asyncio.run(self._wait_ready([name]))
 
-    def restart(self, name: str) -> None:
-        """Start a stopped (or killed) child again, as it was started, and wait for it."""
-        self._spawn(name, self._args[name])
-        asyncio.run(self._wait_ready([name] if name.startswith(("cpu-", "gpu-")) else []))
-
     def _spawn(self, name: str, args: list[str]) -> None:
-        self._args[name] = args
-        log_path = self.state_dir / "logs" / f"{name}.log"
-        with log_path.open("ab") as log_file:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", *args],
-                env=self._env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them
-            )
+        with self._lock:
+            child = self.children.get(name)
+            if child is None:
+                child = self.children[name] = _Child(args)
+            else:
+                child.incarnation += 1
+            env = {
+                **self._env,
+                "GRISTMILL_ROLE": name,
+                "GRISTMILL_INCARNATION": str(child.incarnation),
+            }
+            log_path = self.state_dir / "logs" / f"{name}.log"
+            with log_path.open("ab") as log_file:
+                child.process = subprocess.Popen(
+                    [sys.executable, "-m", *child.args],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches the supervisor, which stops them
+                )
+            child.started_at = time.monotonic()
+            child.due_at = None
 
-    async def _wait_ready(self, workers: list[str]) -> None:
+    # -- supervision -------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_EVERY_S):
+            try:
+                self._watch_once()
+            except Exception:  # the supervisor itself must not die of one bad round
+                log.exception("supervisor: a round of watching failed")
+
+    def _watch_once(self) -> None:
+        now = time.monotonic()
+        if self.nats is not None and not self.nats.running:
+            self._say("nats-server exited; starting it again on the same port and store")
+            self.nats.start()
+        with self._lock:
+            for name, child in self.children.items():
+                if self._stopping.is_set():
+                    return
+                process = child.process
+                if process is not None and process.poll() is None:
+                    if now - child.started_at > STABLE_S:
+                        child.backoff_s = FIRST_BACKOFF_S
+                    continue
+                if child.due_at is None:
+                    status = process.returncode if process is not None else "?"
+                    if process is not None:
+                        child.exits.append(process.returncode)
+                    child.due_at = now + child.backoff_s
+                    self._say(
+                        f"{name} exited with status {status}; starting it again in "
+                        f"{child.backoff_s:.1f} s (restart {child.restarts + 1})"
+                    )
+                    child.backoff_s = min(MAX_BACKOFF_S, child.backoff_s * 2)
+                    child.process = None
+                elif now >= child.due_at:
+                    child.restarts += 1
+                    self._spawn(name, child.args)
+
+    def _say(self, line: str) -> None:
+        log.warning("supervisor: %s", line)
+        with (
+            contextlib.suppress(OSError),
+            (self.state_dir / "logs" / "supervisor.log").open("a") as out,
+        ):
+            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def restarts(self, name: str) -> int:
+        """How many times the supervisor started `name` again."""
+        with self._lock:
+            return self.children[name].restarts
+
+    def wait_running(self, name: str, after_restarts: int = 0, timeout_s: float = 120.0) -> None:
+        """Return once `name` was started again more than `after_restarts` times and (for a
+        worker) has joined, or for the planner and coordinator answers."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                child = self.children[name]
+                alive = child.process is not None and child.process.poll() is None
+                if alive and child.restarts > after_restarts:
+                    break
+            if time.monotonic() > deadline:
+                raise GristmillError(f"{name} was not started again within {timeout_s:g} s")
+            time.sleep(0.05)  # waiting for our own watcher thread, which polls processes
+        asyncio.run(self._wait_ready([name] if _is_worker(name) else [], deadline))
+
+    # -- readiness ---------------------------------------------------------------------------
+
+    async def _wait_ready(self, workers: list[str], deadline: float | None = None) -> None:
         from gristmill.bus.client import ServiceUnavailable, request
         from gristmill.bus.jobs import worker_key
         from gristmill.bus.streams import TeamLayout
         from gristmill.client import ServiceClient
 
         assert self.settings is not None
+        deadline = deadline or time.monotonic() + self.start_timeout_s
         client = await ServiceClient.connect(self.settings.nats_url, self.teams[0])
-        deadline = time.monotonic() + self.start_timeout_s
         try:
             for verb in ("info", "status"):
                 while True:
@@ -159,12 +295,13 @@ class EmbeddedService:
                         break
                     except ServiceUnavailable:
                         await self._pause(deadline, f"the service to answer {verb}")
-            kv = await client.js.key_value(TeamLayout(self.teams[0]).bucket("assignments"))
+            kv = await client.js.key_value(TeamLayout(self.teams[0]).bucket("workers"))
             for worker in workers:
                 while True:
                     self._check_alive()
                     with contextlib.suppress(Exception):
-                        if (await kv.get(worker_key(worker))).value:
+                        entry = await kv.get(worker_key(worker))
+                        if entry.value and json.loads(entry.value)["at"] > time.time() - 2:
                             break
                     await self._pause(deadline, f"worker {worker} to join")
         finally:
@@ -174,9 +311,11 @@ class EmbeddedService:
     async def _pause(deadline: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise GristmillError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)  # polling a process we do not control: nothing to wait on
+        await asyncio.sleep(0.05)  # polling processes we do not control: nothing to wait on
 
     def _check_alive(self) -> None:
+        if self._watcher is not None:
+            return  # supervised: a child that died is started again
         for name, process in self.processes.items():
             if process.poll() is not None:
                 log_path = self.state_dir / "logs" / f"{name}.log"
@@ -186,26 +325,61 @@ class EmbeddedService:
                     f"its log ({log_path}) ends:\n{tail}"
                 )
 
+    # -- faults (chaos tests) ----------------------------------------------------------------
+
     def kill(self, name: str) -> None:
-        """SIGKILL one child (chaos tests: nothing of it gets to clean up) and reap it."""
-        process = self.processes.pop(name)
-        process.kill()
-        process.wait()
+        """SIGKILL one child (nothing of it gets to clean up). A supervised service starts
+        it again; otherwise `restart` does."""
+        with self._lock:
+            process = self.children[name].process
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def restart(self, name: str) -> None:
+        """Start a killed child again now (unsupervised services), and wait until it answers."""
+        with self._lock:
+            child = self.children[name]
+            if child.process is None or child.process.poll() is not None:
+                child.restarts += 1
+                self._spawn(name, child.args)
+        asyncio.run(self._wait_ready([name] if _is_worker(name) else []))
+
+    def kill_nats(self) -> None:
+        """SIGKILL the embedded nats-server (its files stay)."""
+        assert self.nats is not None, "the service uses an external NATS server"
+        self.nats.kill()
+
+    def start_nats(self) -> None:
+        """Start the embedded nats-server again on its port and store (unsupervised)."""
+        assert self.nats is not None
+        if not self.nats.running:
+            self.nats.start()
+
+    # -- stopping ----------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Stop every child (workers first), NATS and Ray; remove service.json."""
-        order = sorted(self.processes, key=lambda n: {"planner": 1, "coordinator": 2}.get(n, 0))
-        for name in order:
-            process = self.processes[name]
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for name in order:
-            process = self.processes.pop(name)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+        with self._lock:
+            order = sorted(self.children, key=lambda n: {"planner": 1, "coordinator": 2}.get(n, 0))
+            for name in order:
+                process = self.children[name].process
+                if process is not None and process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for name in order:
+                process = self.children[name].process
+                if process is None:
+                    continue
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                self.children[name].process = None
         if self.nats is not None:
             self.nats.stop()
             self.nats = None
@@ -225,3 +399,7 @@ class EmbeddedService:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _is_worker(name: str) -> bool:
+    return name.startswith(("cpu-", "gpu-"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import IO
@@ -17,7 +18,17 @@ from fsspec.implementations.local import LocalFileSystem
 
 from gristmill.errors import GristmillError
 
-__all__ = ["atomic_write", "exists", "expand_paths", "file_size", "join", "read_bytes"]
+__all__ = [
+    "atomic_write",
+    "exists",
+    "expand_paths",
+    "file_size",
+    "join",
+    "read_bytes",
+    "read_range",
+    "remove_tree",
+    "write_once",
+]
 
 _GLOB_CHARS = set("*?[")
 
@@ -87,6 +98,33 @@ def read_bytes(path: str) -> bytes:
     return data
 
 
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """`length` bytes of a file from `offset` (fewer when the file is shorter)."""
+    local = _local(path)
+    if local is not None:
+        with open(local, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(length)
+    fs, stripped = _fs(path)
+    data: bytes = fs.cat_file(stripped, start=offset, end=offset + length)
+    return data
+
+
+def remove_tree(path: str) -> bool:
+    """Remove a directory and everything under it; False when there was nothing."""
+    local = _local(path)
+    if local is not None:
+        if not os.path.isdir(local):
+            return False
+        shutil.rmtree(local)
+        return True
+    fs, stripped = _fs(path)
+    if not fs.exists(stripped):
+        return False
+    fs.rm(stripped, recursive=True)
+    return True
+
+
 def join(directory: str, name: str) -> str:
     """`directory/name` for local paths and URLs alike."""
     return directory.rstrip("/") + "/" + name
@@ -98,17 +136,22 @@ def exists(path: str) -> bool:
     return bool(fs.exists(stripped))
 
 
-def write_once(path: str, payload: bytes) -> bytes:
+def write_once(path: str, payload: bytes, fail_half_way: bool = False) -> bytes:
     """Write `payload` to `path` unless a file is there already; return the bytes the file
     holds afterwards (the first writer's). Locally the first writer wins atomically (a hard
-    link to a complete temporary file); elsewhere a file found existing is kept."""
+    link to a complete temporary file); elsewhere a file found existing is kept, and a race
+    between two writers is harmless only when both write the same bytes (content-addressed
+    names, as the task store uses). `fail_half_way` (fault injection) writes half the bytes
+    and raises, as a write cut short would."""
     target = _local(path)
     if target is None:
         fs, stripped = _fs(path)
         if fs.exists(stripped):
             return bytes(fs.cat_file(stripped))
         with atomic_write(path) as handle:
-            handle.write(payload)
+            handle.write(payload[: len(payload) // 2] if fail_half_way else payload)
+            if fail_half_way:
+                raise OSError(f"writing {path} failed half way (injected fault)")
         return payload
     parent = os.path.dirname(target) or "."
     if parent not in _MADE_DIRS:
@@ -117,7 +160,9 @@ def write_once(path: str, payload: bytes) -> bytes:
     temporary = os.path.join(parent, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(payload)
+            handle.write(payload[: len(payload) // 2] if fail_half_way else payload)
+        if fail_half_way:
+            raise OSError(f"writing {path} failed half way (injected fault)")
         try:
             os.link(temporary, target)
         except FileExistsError:

@@ -70,9 +70,11 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> EmbeddedNats:
-        """Start the server and wait until JetStream is ready."""
+        """Start the server (on free ports the first time, on the same ones after `stop`, so
+        clients reconnect) and wait until JetStream is ready."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.monitor_port = _free_port(), _free_port()
+        if not self.port:
+            self.port, self.monitor_port = _free_port(), _free_port()
         config = self.state_dir / "nats.conf"
         config.write_text(
             _CONFIG.format(
@@ -111,6 +113,18 @@ class EmbeddedNats:
             f"nats-server did not become ready in {self.start_timeout_s:g} s; "
             f"see {self.state_dir / 'nats.log'}"
         )
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server (chaos tests: its file store stays as the kill left it)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s)."""

@@ -1,4 +1,4 @@
-"""The service commands of the `gristmill` CLI: up, down, submit, status, dlq, run."""
+"""The service commands of the `gristmill` CLI: up, down, submit, status, dlq, gc, run."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from typing import Any
 
 from gristmill.bus import JobOptions, JobSpec, JobState
 from gristmill.client import ServiceClient, new_request_id
-from gristmill.config import SERVICE_FILE, nats_url, state_dir
+from gristmill.config import SERVICE_FILE, ServiceSettings, nats_url, state_dir
 from gristmill.errors import GristmillError
 from gristmill.pipeline.spec import load_spec
 
 __all__ = ["add_commands", "run_command"]
 
-COMMANDS = ("up", "down", "submit", "status", "dlq", "run")
+COMMANDS = ("up", "down", "submit", "status", "dlq", "gc", "run")
 
 
 def add_commands(commands: Any) -> None:
@@ -45,6 +45,16 @@ def add_commands(commands: Any) -> None:
     dlq.add_argument("job", nargs="?", help="only this job's (show/retry: required)")
     dlq.add_argument("--task", help="show/retry only this task")
     _client_flags(dlq)
+    gc = commands.add_parser(
+        "gc", help="archive finished jobs: collect their payloads, events and dead letters"
+    )
+    gc.add_argument(
+        "--older-than",
+        type=float,
+        metavar="SECONDS",
+        help="jobs finished longer ago than this (default: GRISTMILL_RETENTION_S, a day)",
+    )
+    _client_flags(gc)
     run = commands.add_parser("run", help="up (if needed) + submit --wait")
     _job_flags(run)
     _service_flags(run, with_state=False)
@@ -108,12 +118,18 @@ def _up(args: argparse.Namespace) -> int:
         return _up_detached(args)
     from gristmill.embedded import EmbeddedService
 
+    settings = ServiceSettings.from_env("nats://unused")  # the GRISTMILL_* limits and roots
     service = EmbeddedService(
         state_dir(),
         workers=args.workers,
         gpu_workers=args.gpu_workers,
         slots=args.slots,
         trust_code=not args.registered_only,
+        output_root=settings.output_root,
+        input_roots=settings.input_roots,
+        stream_max_bytes=settings.stream_max_bytes,
+        retention_s=settings.retention_s,
+        idle_actor_s=settings.idle_actor_s,
     )
     service.start()
     stop = _StopSignal()  # after start: starting Ray installs handlers of its own
@@ -254,11 +270,10 @@ async def _client_command(args: argparse.Namespace) -> int:
         if args.command in ("submit", "run"):
             return await _submit(client, args)
         if args.command == "status":
-            states = await client.status(args.job)
-            for state in states:
-                _print_state(state)
-            if not states:
-                print("no jobs")
+            return await _status(client, args.job)
+        if args.command == "gc":
+            archived = await client.gc(args.older_than)
+            print(f"archived {len(archived)} finished jobs" + "".join(f"\n  {j}" for j in archived))
             return 0
         return await _dlq(client, args)
     finally:
@@ -310,12 +325,34 @@ async def _follow(client: ServiceClient, job: str) -> JobState:
     return state
 
 
+async def _status(client: ServiceClient, job: str | None) -> int:
+    status = await client.service_status(job)
+    for state in status.jobs:
+        _print_state(state)
+    if not status.jobs:
+        print("no jobs")
+    if job is None:
+        if status.archived:
+            print(f"({status.archived} archived jobs not shown)")
+        print(f"workers: {len(status.workers)}")
+        now = time.time()
+        for worker in status.workers:
+            steps = ", ".join(worker.steps) or "-"
+            print(
+                f"  {worker.worker}  {worker.pool}  {worker.running}/{worker.slots} slots busy  "
+                f"steps {steps}  last heartbeat {now - worker.at:.1f} s ago"
+            )
+    return 0
+
+
 def _print_state(state: JobState) -> None:
     print(
         f"{state.job}  {state.pipeline or '-'}  {state.state}  tasks {state.tasks_done}/"
         f"{state.tasks_published} done, {state.tasks_failed} failed  documents "
         f"{state.items_out} out, {state.items_dropped} dropped"
     )
+    if state.error:
+        print(f"  {state.error}")
     for index, step in enumerate(state.steps):
         print(
             f"  step {index} {step.name}: {step.done}/{step.published} done, {step.failed} failed"
@@ -327,21 +364,24 @@ async def _dlq(client: ServiceClient, args: argparse.Namespace) -> int:
         raise GristmillError(f"gristmill dlq {args.action} needs a job id")
     letters = await client.dead_letters(args.job)
     if args.task:
-        letters = [one for one in letters if one.manifest.task_id == args.task]
+        letters = [one for one in letters if one.failure.task_id == args.task]
     if args.action == "list":
         for letter in letters:
             f = letter.failure
-            print(f"{f.job}  step {f.step}  task {f.task_id}  {f.attempts} attempts  {f.error}")
+            error = f.error.splitlines()[0] if f.error else ""
+            print(f"{f.job}  step {f.step}  task {f.task_id}  {f.attempts} attempts  {error}")
         if not letters:
             print("no dead letters")
     elif args.action == "show":
         for letter in letters:
             f = letter.failure
-            print(f"job {f.job} step {f.step} ({letter.manifest.step_name}) task {f.task_id}")
+            name = letter.manifest.step_name if letter.manifest else f"unreadable, {letter.subject}"
+            print(f"job {f.job} step {f.step} ({name}) task {f.task_id}")
             print(f"attempts: {f.attempts}, last on worker {f.worker or '?'}")
             print(f"error: {f.error}\n{f.traceback}")
     else:
-        for letter in letters:
+        latest = {(one.failure.step, one.failure.task_id): one for one in letters}
+        for letter in latest.values():
             await client.retry(letter)
-            print(f"task {letter.manifest.task_id} of job {letter.manifest.job} published again")
+            print(f"task {letter.failure.task_id} of job {letter.failure.job} published again")
     return 0

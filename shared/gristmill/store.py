@@ -1,29 +1,54 @@
-"""The store: task payloads at deterministic paths under an fsspec root.
+"""The store: task payloads under an fsspec root, one directory per team.
 
-A task is written once to `<root>/<team>/<job>/<step>/<task_id>.task` (its `to_bytes()`), and
-code sent by value to `<root>/<team>/_code/<sha256>.json`, through a temporary name, and is
-described by a `DataRef` with its size and SHA-256. Writing a task again keeps the bytes written
-first (the first writer wins), so a retried step never leaves a second copy nor invalidates a
-reference handed out; reading checks the SHA-256, so a damaged or half-copied file is an error,
-not wrong data.
+The tasks one manifest's step made are written together, as one object,
+`<root>/<team>/<job>/<step>/<key>.<sha256[:16]>.tasks` (their `to_bytes()` one after another),
+and each is described by a `DataRef` to its slice: offset, length and SHA-256. A task of at most
+`INLINE_MAX_BYTES` is not written at all: its bytes travel inside its `DataRef`. Object names
+are content-addressed, so two attempts of one task never overwrite each other's bytes, a
+reference handed out stays valid, and two writers racing to one name write the same bytes.
+
+Reading checks the SHA-256 (a damaged or half-copied object is an error, not wrong data) and
+refuses a reference outside the reading team's directory: a `DataRef` from a message is never
+used unchecked. Code sent by value lives at `<root>/<team>/_code/<sha256>.json`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import posixpath
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlparse
 
-from gristmill import fs
-from gristmill.bus.messages import DataRef
+from gristmill import faults, fs
+from gristmill.bus.messages import INLINE_MAX_BYTES, DataRef
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
-from gristmill.tasks import Task
+from gristmill.tasks import Task, check_task_id
 
-__all__ = ["StoreError", "TaskStore"]
+__all__ = ["StoreError", "TaskStore", "within"]
 
 
 class StoreError(GristmillError):
-    """A stored task that is missing or does not match its DataRef."""
+    """A stored payload that is missing, damaged, or not where a reference may point."""
+
+
+def within(path: str, root: str) -> bool:
+    """Whether `path` is `root` or below it, both normalised (`..` and `.` resolved, doubled
+    slashes removed); a URL is below a root only of the same scheme and host."""
+    target, base = urlparse(path), urlparse(root)
+    if (target.scheme or "file") != (base.scheme or "file") or target.netloc != base.netloc:
+        return False
+    resolved = posixpath.normpath("/" + target.path) if target.scheme else _local_path(path)
+    anchor = posixpath.normpath("/" + base.path) if base.scheme else _local_path(root)
+    return resolved == anchor or resolved.startswith(anchor.rstrip("/") + "/")
+
+
+def _local_path(path: str) -> str:
+    import os
+
+    return os.path.realpath(path[len("file://") :] if path.startswith("file://") else path)
 
 
 class TaskStore:
@@ -32,45 +57,116 @@ class TaskStore:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
 
-    def path_for(self, team: str, job: str, step: int | str, task_id: str) -> str:
-        """Where a task of a step of a job lives."""
-        check_token("team", team)
-        check_token("job", job)
-        if not task_id or "/" in task_id or task_id.startswith("."):
-            raise StoreError(f"task id {task_id!r} cannot name a file")
-        return fs.join(self.root, f"{team}/{job}/{step}/{task_id}.task")
+    def team_root(self, team: str) -> str:
+        """Where everything of `team` lives."""
+        return fs.join(self.root, check_token("team", team))
+
+    def job_root(self, team: str, job: str) -> str:
+        """Where a job's payloads live (removed by `delete_job`)."""
+        return fs.join(self.team_root(team), check_token("job", job))
+
+    def put_tasks(
+        self,
+        team: str,
+        job: str,
+        step: int | str,
+        key: str,
+        tasks: Sequence[Task[Any]],
+        inline: bool = True,
+    ) -> list[DataRef]:
+        """Store `tasks` (outputs of the manifest `key` at `step`); one ref each, in order.
+        Small tasks go inline when `inline`; the others into one object."""
+        check_task_id(key, "manifest key")
+        payloads = [task.to_bytes() for task in tasks]
+        stored = [i for i, p in enumerate(payloads) if not (inline and len(p) <= INLINE_MAX_BYTES)]
+        uri = ""
+        offsets: dict[int, int] = {}
+        if stored:
+            blob = b"".join(payloads[i] for i in stored)
+            position = 0
+            for i in stored:
+                offsets[i] = position
+                position += len(payloads[i])
+            digest = hashlib.sha256(blob).hexdigest()[:16]
+            uri = fs.join(self.job_root(team, job), f"{step}/{key}.{digest}.tasks")
+            where = f"store.write {uri}"
+            try:
+                fs.write_once(uri, blob, fail_half_way=faults.write_fails(where))
+            except OSError as exc:
+                raise StoreError(f"writing {uri} failed: {exc}") from exc
+        refs = []
+        for i, (task, payload) in enumerate(zip(tasks, payloads, strict=True)):
+            digest = hashlib.sha256(payload).hexdigest()
+            if i in offsets:
+                ref = DataRef(
+                    uri=uri,
+                    offset=offsets[i],
+                    rows=task.num_items,
+                    bytes=len(payload),
+                    sha256=digest,
+                )
+            else:
+                ref = DataRef(
+                    inline=base64.b64encode(payload).decode("ascii"),
+                    rows=task.num_items,
+                    bytes=len(payload),
+                    sha256=digest,
+                )
+            refs.append(ref)
+        return refs
 
     def put(self, team: str, job: str, step: int | str, task: Task[Any]) -> DataRef:
-        """Write `task` and describe it. A task stored already keeps its first bytes (its perf
-        stats differ from run to run), so every reference ever handed out stays valid."""
-        uri = self.path_for(team, job, step, task.task_id)
-        payload = fs.write_once(uri, task.to_bytes())
-        return DataRef(
-            uri=uri,
-            rows=task.num_items,
-            bytes=len(payload),
-            sha256=hashlib.sha256(payload).hexdigest(),
-        )
+        """Store one task as an object of its own (never inline), keyed by its id."""
+        [ref] = self.put_tasks(team, job, step, task.task_id, [task], inline=False)
+        return ref
 
-    def get(self, ref: DataRef) -> Task[Any]:
-        """Read the task `ref` points at, refusing bytes that do not match it."""
-        try:
-            payload = fs.read_bytes(ref.uri)
-        except FileNotFoundError as exc:
-            raise StoreError(f"stored task missing: {ref.uri}") from exc
+    def get(self, ref: DataRef, team: str) -> Task[Any]:
+        """Read the task `ref` points at for `team`, refusing bytes that do not match it."""
+        return Task.from_bytes(self.get_bytes(ref, team))
+
+    def get_bytes(self, ref: DataRef, team: str) -> bytes:
+        """The verified bytes `ref` stands for (see `get`)."""
+        if ref.inline:
+            try:
+                payload = base64.b64decode(ref.inline, validate=True)
+            except ValueError as exc:
+                raise StoreError(f"an inline task payload is not base64: {exc}") from exc
+            where = "an inline task payload"
+        else:
+            if not within(ref.uri, self.team_root(team)):
+                raise StoreError(
+                    f"reference {ref.uri!r} is outside team {team}'s store "
+                    f"{self.team_root(team)}; refused"
+                )
+            try:
+                payload = fs.read_range(ref.uri, ref.offset, ref.bytes)
+            except FileNotFoundError as exc:
+                raise StoreError(f"stored task missing: {ref.uri}") from exc
+            payload = faults.damaged(payload, f"store.read {ref.uri}")
+            where = f"stored task {ref.uri} (offset {ref.offset})"
         if len(payload) != ref.bytes or hashlib.sha256(payload).hexdigest() != ref.sha256:
             raise StoreError(
-                f"stored task {ref.uri} does not match its reference "
+                f"{where} does not match its reference "
                 f"({len(payload)} bytes, expected {ref.bytes}; checksum differs)"
             )
-        return Task.from_bytes(payload)
+        return payload
+
+    def put_plan(self, team: str, job: str, payload: bytes) -> DataRef:
+        """Store a job's first manifests (newline-separated JSON) until they are published."""
+        digest = hashlib.sha256(payload).hexdigest()
+        uri = fs.join(self.job_root(team, job), f"plan.{digest[:16]}.jsonl")
+        fs.write_once(uri, payload)
+        return DataRef(uri=uri, format="gristmill-plan", rows=0, bytes=len(payload), sha256=digest)
+
+    def delete_job(self, team: str, job: str) -> bool:
+        """Remove every payload of a job; False when it had none."""
+        return fs.remove_tree(self.job_root(team, job))
 
     def code_path(self, team: str, sha256: str) -> str:
         """Where a team's code blob `sha256` lives."""
-        check_token("team", team)
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise StoreError(f"{sha256!r} is not a SHA-256")
-        return fs.join(self.root, f"{team}/_code/{sha256}.json")
+        return fs.join(self.team_root(team), f"_code/{sha256}.json")
 
     def put_code(self, team: str, sha256: str, payload: bytes) -> None:
         """Store a code blob (content-addressed: storing it again changes nothing)."""

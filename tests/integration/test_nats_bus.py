@@ -1,6 +1,7 @@
 """The bus on a real nats-server: embedded start/stop, the team layout created idempotently,
 and the JetStream behaviours the service relies on (dedup by Nats-Msg-Id, work-queue delivery,
-first-writer-wins done records)."""
+first-writer-wins done records, full streams that refuse rather than forget, heartbeats that
+expire)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.js.api import RetentionPolicy
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.api import DiscardPolicy, RetentionPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from gristmill.bus import DataRef, TaskManifest, task_subject
+from gristmill.bus import DataRef, TaskEntry, TaskManifest, task_subject
+from gristmill.bus.client import Publisher, StreamFull
 from gristmill.bus.streams import StreamLimits, TeamLayout, ensure_layout
 from gristmill.bus.subjects import dlq_subject
 from gristmill.nats_server import EmbeddedNats
@@ -30,7 +32,8 @@ def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 def _manifest(task_id: str) -> TaskManifest:
     ref = DataRef(uri=f"file:///s/{task_id}.task", rows=1, bytes=10, sha256="b" * 64)
-    return TaskManifest(job="job1", step=0, step_name="reader", task_id=task_id, inputs=[ref])
+    entry = TaskEntry(task_id=task_id, inputs=[ref])
+    return TaskManifest(job="job1", step=0, step_name="reader", key=task_id, tasks=[entry])
 
 
 def test_embedded_server_writes_its_store_under_the_state_dir_and_stops(tmp_path: Path) -> None:
@@ -49,7 +52,7 @@ def test_embedded_server_writes_its_store_under_the_state_dir_and_stops(tmp_path
 
 def test_layout_is_created_idempotently_with_its_limits(server: EmbeddedNats) -> None:
     layout = TeamLayout("web-team")
-    limits = StreamLimits(max_bytes=64 << 20, max_age_s=3600, duplicate_window_s=30)
+    limits = StreamLimits(max_bytes=64 << 20, spans_max_age_s=3600, duplicate_window_s=30)
 
     async def scenario() -> None:
         client = await nats.connect(server.url)
@@ -61,13 +64,19 @@ def test_layout_is_created_idempotently_with_its_limits(server: EmbeddedNats) ->
         assert info.config.retention == RetentionPolicy.WORK_QUEUE
         assert info.config.max_bytes == 64 << 20
         assert info.config.duplicate_window == 30
+        for name in ("TASKS", "EVENTS", "DLQ"):  # work and its record never age out, never drop
+            kept = (await js.stream_info(f"GM_WEB_TEAM_{name}")).config
+            assert (kept.discard, kept.max_age) == (DiscardPolicy.NEW, 0), name
         assert (await js.stream_info("GM_WEB_TEAM_DLQ")).config.subjects == ["gm.web-team.dlq.>"]
         spans = (await js.stream_info("GM_WEB_TEAM_SPANS")).config
         assert (spans.subjects, spans.retention) == (["gm.web-team.span.>"], RetentionPolicy.LIMITS)
+        assert (spans.discard, spans.max_age) == (DiscardPolicy.OLD, 3600)
         await ensure_layout(js, layout, StreamLimits(max_bytes=128 << 20))
         assert (await js.stream_info("GM_WEB_TEAM_TASKS")).config.max_bytes == 128 << 20
-        for purpose in ("jobs", "done", "assignments"):
+        for purpose in ("jobs", "done", "assignments", "workers"):
             await js.key_value(f"gm_web_team_{purpose}")
+        workers = (await js.stream_info("KV_gm_web_team_workers")).config
+        assert workers.max_age == StreamLimits().heartbeat_ttl_s
         await client.close()
 
     asyncio.run(scenario())
@@ -108,6 +117,73 @@ def test_a_done_record_is_first_writer_wins(server: EmbeddedNats) -> None:
         with pytest.raises(KeyWrongLastSequenceError):
             await done.create("job1.s0.t1", b"worker-b")
         assert (await done.get("job1.s0.t1")).value == b"worker-a"
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_stream_makes_publishers_wait_and_forgets_nothing(server: EmbeddedNats) -> None:
+    async def scenario() -> None:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        await ensure_layout(js, TeamLayout("web"), StreamLimits(max_bytes=40_000))
+        subject = task_subject("web", "job1", "s0")
+        publisher = await Publisher(client, warn_every_s=0.1).start()
+        manifests = [_manifest(f"t{i}") for i in range(200)]  # ~80 KB: twice what fits
+        sending = asyncio.create_task(
+            publisher.publish_many([(subject, m, f"job1.0.{m.key}") for m in manifests])
+        )
+        sub = await js.pull_subscribe(subject, durable="s0", stream="GM_WEB_TASKS")
+        received: list[str] = []
+        while len(received) < len(manifests):
+            for message in await sub.fetch(25, timeout=10):
+                received.append(TaskManifest.from_json(message.data).key)
+                await message.ack()
+        assert await sending == [True] * len(manifests)
+        assert publisher.full_since is None
+        assert sorted(received) == sorted(m.key for m in manifests)  # none discarded, none twice
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_publisher_that_may_not_wait_says_which_stream_is_full(server: EmbeddedNats) -> None:
+    async def scenario() -> None:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        await ensure_layout(js, TeamLayout("web"), StreamLimits(max_bytes=4_000))
+        subject = task_subject("web", "job1", "s0")
+        publisher = await Publisher(client, full_timeout_s=0.5).start()
+        items = [(subject, _manifest(f"t{i}"), f"m{i}") for i in range(100)]
+        with pytest.raises(StreamFull) as caught:
+            await publisher.publish_many(items)
+        assert str(caught.value).startswith(
+            f"stream GM_WEB_TASKS is full: a publish to {subject} waited "
+        )
+        assert str(caught.value).endswith(
+            " s for room; raise GRISTMILL_STREAM_MAX_BYTES or collect finished jobs (gristmill gc)"
+        )
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_heartbeat_of_a_worker_that_died_expires(server: EmbeddedNats) -> None:
+    async def scenario() -> None:
+        client = await nats.connect(server.url)
+        js = client.jetstream()
+        layout = TeamLayout("web")
+        await ensure_layout(js, layout, StreamLimits(heartbeat_ttl_s=1.0))
+        workers = await js.key_value(layout.bucket("workers"))
+        await workers.put("worker.cpu-9", b'{"at": 1}')
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                await workers.get("worker.cpu-9")
+            except KeyNotFoundError:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the heartbeat never expired"
+            await asyncio.sleep(0.1)
         await client.close()
 
     asyncio.run(scenario())

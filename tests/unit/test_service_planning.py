@@ -12,13 +12,14 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from gristmill.bus import JobOptions, JobSpec, StepInfo, TaskManifest
+from gristmill.bus import JobOptions, JobSpec, StepInfo, TaskEntry, TaskManifest
 from gristmill.bus.jobs import job_id_for
 from gristmill.pipeline.portable import CodeBlob
 from gristmill.stages import registered_stage_names
 from gristmill.store import TaskStore
 from gristmill.tasks import DocumentBatch, EmptyTask, FileGroupTask, content_task_id
-from services.planner.planning import Rejected, plan_job
+from services.planner.planning import Planned, Rejected
+from services.planner.planning import plan_job as _plan_job
 
 import toy_stages  # noqa: F401  (registers MakeDocs, KeepLong, ...)
 
@@ -83,6 +84,12 @@ def submission(out: Path, **changes: Any) -> JobSpec:
     return JobSpec(**fields)
 
 
+def plan_job(spec: JobSpec, store: TaskStore, out: str, trust_code: bool, **more: Any) -> Planned:
+    """`plan_job` on a service that lets the team read the repository's examples."""
+    more.setdefault("input_roots", (str(REPO), str(Path(out).parent)))
+    return _plan_job(spec, store, out, trust_code=trust_code, **more)
+
+
 def rejection(spec: JobSpec, store: TaskStore, out: Path | str, trust_code: bool = False) -> str:
     with pytest.raises(Rejected) as caught:
         plan_job(spec, store, str(out), trust_code=trust_code)
@@ -111,14 +118,16 @@ def test_quality_job_starts_after_partitioning_with_one_task_per_input_file(
         StepInfo(name=FUSED, pool="cpu"),
     ]
     ids = [content_task_id(path) for path in FILES]
-    assert [(m.job, m.step, m.step_name, m.task_id, m.parents) for m in planned.manifests] == [
+    assert [(m.job, m.step, m.step_name, m.key, m.tasks[0].parents) for m in planned.manifests] == [
         (record.job, 1, FUSED, task_id, []) for task_id in ids
     ]
     for manifest, path, task_id in zip(planned.manifests, FILES, ids, strict=True):
-        [ref] = manifest.inputs
-        assert ref.uri == store.path_for("web", record.job, 0, task_id)
+        [entry] = manifest.tasks
+        [ref] = entry.inputs
+        assert entry.task_id == task_id
+        assert ref.uri.startswith(f"{store.root}/web/{record.job}/0/{task_id}.")
         assert ref.rows == 1
-        task = store.get(ref)
+        task = store.get(ref, "web")
         assert isinstance(task, FileGroupTask)
         assert (task.task_id, task.dataset_name, task.data) == (task_id, "data", [path])
 
@@ -141,20 +150,18 @@ def test_the_same_submission_twice_names_the_same_job_and_tasks(
     first = plan_job(submission(out), store, str(out), trust_code=False)
     again = plan_job(submission(out), store, str(out), trust_code=False)
     assert again.record == first.record
-    assert [(m.task_id, m.inputs[0].uri) for m in again.manifests] == [
-        (m.task_id, m.inputs[0].uri) for m in first.manifests
-    ]
+    assert again.manifests == first.manifests
     other = plan_job(submission(out, request_id="nightly-2"), store, str(out), trust_code=False)
     assert other.record.job == job_id_for("web", "nightly-2") != first.record.job
-    assert [m.task_id for m in other.manifests] == [m.task_id for m in first.manifests]
+    assert [m.key for m in other.manifests] == [m.key for m in first.manifests]
     assert other.record.fingerprint == first.record.fingerprint
 
 
 def test_the_same_submission_twice_stores_the_same_bytes(store: TaskStore, out: Path) -> None:
     first = plan_job(submission(out), store, str(out), trust_code=False)
     again = plan_job(submission(out), store, str(out), trust_code=False)
-    for ref in (m.inputs[0] for m in first.manifests):
-        store.get(ref)  # raises StoreError today: the second plan overwrote the bytes
+    for ref in (m.tasks[0].inputs[0] for m in first.manifests):
+        store.get(ref, "web")  # the second plan wrote the same content-addressed objects
     assert again == first
 
 
@@ -186,15 +193,12 @@ def test_a_pipeline_that_reads_no_files_starts_at_step_zero_from_a_stored_root_t
     spec = submission(out, pipeline=pipeline, inputs=[], output=None)
     planned = plan_job(spec, store, str(out), trust_code=False)
     assert planned.record.first_step == 0
-    assert [s.name for s in planned.record.steps] == ["MakeDocs+AddLength"]
+    assert [s.name for s in planned.record.steps] == ["MakeDocs", "AddLength"]  # a source fans out
     [manifest] = planned.manifests
-    assert (manifest.step, manifest.step_name, manifest.task_id) == (
-        0,
-        "MakeDocs+AddLength",
-        "root",
-    )
-    assert manifest.inputs[0].uri == store.path_for("web", planned.record.job, "initial", "root")
-    assert store.get(manifest.inputs[0]) == EmptyTask()
+    assert (manifest.step, manifest.step_name, manifest.key) == (0, "MakeDocs", "root")
+    [ref] = manifest.tasks[0].inputs
+    assert ref.uri.startswith(f"{store.root}/web/{planned.record.job}/initial/root.")
+    assert store.get(ref, "web") == EmptyTask()
 
 
 def test_tasks_the_submitter_stored_are_the_first_tasks(store: TaskStore, out: Path) -> None:
@@ -207,8 +211,9 @@ def test_tasks_the_submitter_stored_are_the_first_tasks(store: TaskStore, out: P
     )
     planned = plan_job(spec, store, str(out), trust_code=False)
     assert planned.record.first_step == 0
+    entry = TaskEntry(task_id="u1", inputs=[ref])
     assert planned.manifests == [
-        TaskManifest(job=job, step=0, step_name="AddLength+KeepLong", task_id="u1", inputs=[ref])
+        TaskManifest(job=job, step=0, step_name="AddLength+KeepLong", key="u1", tasks=[entry])
     ]
 
 

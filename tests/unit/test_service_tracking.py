@@ -6,7 +6,17 @@ import time
 
 import pytest
 
-from gristmill.bus import JobStarted, JobState, StepCounts, StepInfo, TaskDone, TaskFailed
+from gristmill.bus import (
+    IdsPart,
+    JobStarted,
+    JobState,
+    StepCounts,
+    StepInfo,
+    TaskFailed,
+    TaskResult,
+    TaskRetried,
+    TasksDone,
+)
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
 
 # A planned job: partitioning ran in the planner (step 0), workers run steps 1 and 2.
@@ -41,20 +51,17 @@ def done(
     counts: tuple[int, int, int] = (0, 0, 0),
     job: str = "j1",
     attempt: int = 1,
-) -> TaskDone:
+) -> TasksDone:
     items_in, items_out, items_dropped = counts
-    return TaskDone(
-        job=job,
-        step=step,
+    result = TaskResult(
         task_id=task_id,
-        outputs=[],
         output_ids=list(outputs),
         items_in=items_in,
         items_out=items_out,
         items_dropped=items_dropped,
         wall_time_s=0.5,
-        attempt=attempt,
     )
+    return TasksDone(job=job, step=step, key=task_id, results=[result], attempt=attempt)
 
 
 def failed(task_id: str, step: int, job: str = "j1") -> TaskFailed:
@@ -145,7 +152,7 @@ def test_finished_only_when_every_published_task_of_every_step_is_done_or_failed
         failed("b", 1),
         done("a1", 2, ("a1.jsonl",)),
     ):
-        if isinstance(event, TaskDone):
+        if isinstance(event, TasksDone):
             tracker.on_done(event)
         else:
             tracker.on_failed(event)
@@ -283,6 +290,133 @@ def test_a_job_that_runs_again_after_finishing_reports_its_last_finish(
     assert tracker.state().finished_at is None
     tracker.on_done(done("b0", 2))
     assert tracker.state().finished_at == 2500.0
+
+
+def test_two_parents_making_one_task_id_fail_the_job_naming_both() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1, ("same",)))
+    tracker.on_done(done("a", 1, ("same",), attempt=2))  # the same parent again: fine
+    assert tracker.state().state == "running"
+    tracker.on_done(done("b", 1, ("same",)))
+    state = tracker.state()
+    assert tracker.finished
+    assert (state.state, state.error) == (
+        "failed",
+        "task id 'same' of step 2 'jsonl_writer' was made from two parents, 'a' and 'b'; give "
+        "each output its own id, or leave task_id empty to have one derived",
+    )
+
+
+def test_a_group_manifest_counts_each_of_its_tasks_once() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started(initial=("a", "b", "c")))
+    results = [
+        TaskResult(task_id=t, items_in=1, items_out=1, items_dropped=0, wall_time_s=0.1)
+        for t in ("a", "b")
+    ]
+    group = TasksDone(job="j1", step=1, key="g1", results=results, attempt=1)
+    assert tracker.on_done(group) is True
+    assert tracker.on_done(group) is False
+    assert counts_of(tracker)[1] == ("read+filter", 3, 2, 0)
+    assert tracker.step_backlog(1) == 1
+
+
+def test_a_long_id_list_is_waited_for_until_every_part_has_arrived() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started(initial=()).model_copy(update={"initial_parts": 2}))
+    assert not tracker.finished  # no initial task is known yet, but two parts are to come
+    tracker.on_ids(IdsPart(job="j1", step=1, owner="", part=1, parts=2, ids=["c"]))
+    tracker.on_done(done("c", 1))
+    assert not tracker.finished
+    tracker.on_ids(IdsPart(job="j1", step=1, owner="", part=0, parts=2, ids=["a", "b"]))
+    assert tracker.step_backlog(1) == 2
+    fanned = TaskResult(
+        task_id="a", parts=2, items_in=1, items_out=3, items_dropped=0, wall_time_s=1
+    )
+    tracker.on_done(TasksDone(job="j1", step=1, key="a", results=[fanned], attempt=1))
+    tracker.on_done(done("b", 1))
+    assert not tracker.finished  # a's outputs are listed in two parts, none seen yet
+    tracker.on_ids(IdsPart(job="j1", step=2, owner="a", part=0, parts=2, ids=["a0", "a1"]))
+    tracker.on_ids(IdsPart(job="j1", step=2, owner="a", part=1, parts=2, ids=["a2"]))
+    assert tracker.step_backlog(2) == 3
+    for child in ("a0", "a1", "a2"):
+        tracker.on_done(done(child, 2))
+    assert tracker.finished
+    assert counts_of(tracker)[1:] == [("read+filter", 3, 3, 0), ("jsonl_writer", 3, 3, 0)]
+
+
+def test_a_retried_dead_letter_reopens_the_job_until_the_task_ends_again() -> None:
+    tracker = JobTracker("j1")
+    tracker.on_started(started())
+    tracker.on_done(done("a", 1))
+    tracker.on_failed(failed("b", 1))
+    assert tracker.state().state == "completed_with_failures"
+    assert tracker.on_retried(TaskRetried(job="j1", step=1, task_id="b")) is True
+    assert tracker.on_retried(TaskRetried(job="j1", step=1, task_id="a")) is False  # not failed
+    assert (tracker.state().state, tracker.step_backlog(1)) == ("running", 1)
+    tracker.on_failed(failed("b", 1))  # it failed again: a new dead letter ends the job again
+    state = tracker.state()
+    assert (state.state, state.tasks_failed, state.retries) == ("completed_with_failures", 1, 1)
+
+
+def _compacted_twin(events: list[object]) -> tuple[JobTracker, JobTracker]:
+    """The same events applied to a tracker that compacts whenever it is finished, and to one
+    that never does."""
+    full, compact = JobTracker("j1"), JobTracker("j1")
+    for tracker in (full, compact):
+        for event in events:
+            if isinstance(event, JobStarted):
+                tracker.on_started(event)
+            elif isinstance(event, TasksDone):
+                tracker.on_done(event)
+            elif isinstance(event, TaskFailed):
+                tracker.on_failed(event)
+            elif isinstance(event, TaskRetried):
+                tracker.on_retried(event)
+            if tracker is compact and tracker.compactable:
+                tracker.compact()
+    return full, compact
+
+
+def test_a_compacted_job_keeps_its_counts_and_only_its_failed_ids() -> None:
+    events: list[object] = [
+        started(),
+        done("a", 1, ("a0", "a1"), counts=(1, 20, 5)),
+        failed("b", 1),
+        done("a0", 2, ("a0.jsonl",), counts=(10, 10, 0)),
+        done("a1", 2, ("a1.jsonl",), counts=(10, 9, 1)),
+    ]
+    full, compact = _compacted_twin(events)
+    assert compact.compacted
+    assert not full.compacted
+    assert _untimed(compact.state()) == _untimed(full.state())
+    assert sum(len(t.published) + len(t.done) for t in compact.steps.values()) == 1  # "b"
+    assert compact.on_done(done("a0", 2, ("a0.jsonl",), attempt=2)) is False  # a repeat
+    assert compact.on_failed(failed("a", 1)) is False
+    assert _untimed(compact.state()) == _untimed(full.state())
+
+
+def test_a_compacted_job_reopens_like_a_full_one_for_a_retry_and_a_late_success() -> None:
+    events: list[object] = [
+        started(),
+        done("a", 1, ("a0",)),
+        failed("b", 1),
+        done("a0", 2, ("a0.jsonl",)),
+        TaskRetried(job="j1", step=1, task_id="b"),
+        done("b", 1, ("b0",), attempt=6),
+    ]
+    full, compact = _compacted_twin(events)
+    assert _untimed(compact.state()) == _untimed(full.state())
+    assert compact.state().state == "running"  # b's output is new work
+    for tracker in (full, compact):
+        tracker.on_done(done("b0", 2, ("b0.jsonl",)))
+    assert _untimed(compact.state()) == _untimed(full.state())
+    assert (compact.state().state, compact.state().tasks_done) == ("completed", 4)
+
+
+def _untimed(state: JobState) -> JobState:
+    return state.model_copy(update={"finished_at": None})
 
 
 # -- slots ------------------------------------------------------------------------------------

@@ -1,26 +1,199 @@
-"""The few NATS calls every service and client makes, in the one form they should take."""
+"""The few NATS calls every service and client makes, in the one form they should take.
+
+`Publisher` is how everything publishes to a stream: each publish carries a `Nats-Msg-Id`, many
+publishes are in flight at once (their acks are awaited together rather than one round trip
+after another), a stream that is full makes the publisher wait and retry (backpressure; it
+says so loudly) instead of losing the message, and an ack that does not come is retried (the
+msg id makes the repeat harmless).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from gristmill.bus.messages import ApiReply, Message
 from gristmill.bus.subjects import api_subject
 from gristmill.errors import GristmillError
 
-__all__ = ["ServiceUnavailable", "publish", "replay", "request"]
+__all__ = [
+    "PublishError",
+    "Publisher",
+    "ServiceUnavailable",
+    "StreamFull",
+    "replay",
+    "request",
+]
+
+log = logging.getLogger("gristmill.bus")
+
+# JetStream's error codes for a stream at its limits with `discard: new`.
+_FULL_CODES = {10077, 10078}
 
 
 class ServiceUnavailable(GristmillError):
     """Nobody answered a request (the service is not running, or not for this team)."""
 
 
-async def publish(js: Any, subject: str, message: Message, msg_id: str) -> bool:
-    """Publish to a stream with `Nats-Msg-Id` = `msg_id`; False when the stream had it already
-    (a repeat inside its duplicate window, which changes nothing)."""
-    ack = await js.publish(subject, message.to_json(), headers={"Nats-Msg-Id": msg_id})
-    return not ack.duplicate
+class PublishError(GristmillError):
+    """JetStream refused a publish for a reason waiting does not cure."""
+
+
+class StreamFull(PublishError):
+    """A stream stayed full for longer than the publisher was allowed to wait."""
+
+
+class Publisher:
+    """Publishes messages to JetStream over the connection `nc` (see the module docstring).
+
+    `full_timeout_s` bounds how long a publish waits for room in a full stream (None: as long
+    as it takes, saying so every `warn_every_s`).
+    """
+
+    def __init__(
+        self,
+        nc: Any,
+        ack_timeout_s: float = 5.0,
+        full_timeout_s: float | None = None,
+        warn_every_s: float = 30.0,
+    ):
+        self.nc = nc
+        self.ack_timeout_s = ack_timeout_s
+        self.full_timeout_s = full_timeout_s
+        self.warn_every_s = warn_every_s
+        self._prefix = ""
+        self._sub: Any = None
+        self._next = 0
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._warned: dict[str, float] = {}
+        self.full_since: float | None = None  # when a publish last found a stream full
+
+    async def start(self) -> Publisher:
+        """Subscribe to this publisher's ack inbox (once)."""
+        if self._sub is None:
+            self._prefix = self.nc.new_inbox()
+            self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
+        return self
+
+    async def _on_ack(self, msg: Any) -> None:
+        future = self._waiting.pop(msg.subject, None)
+        if future is not None and not future.done():
+            status = (msg.headers or {}).get("Status") if not msg.data else None
+            future.set_result(msg.data or f'{{"status":"{status}"}}'.encode())
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes | Message,
+        msg_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> bool:
+        """Publish one message; False when the stream had it already (a repeat inside its
+        duplicate window, which changes nothing)."""
+        [fresh] = await self.publish_many([(subject, payload, msg_id)], headers)
+        return fresh
+
+    async def publish_many(
+        self,
+        items: Iterable[tuple[str, bytes | Message, str]],
+        headers: dict[str, str] | None = None,
+    ) -> list[bool]:
+        """Publish (subject, payload, msg_id) items all at once; one `fresh` flag per item."""
+        await self.start()
+        pending = [
+            (subject, data.to_json() if isinstance(data, Message) else data, mid)
+            for subject, data, mid in items
+        ]
+        results: list[bool | None] = [None] * len(pending)
+        todo = list(range(len(pending)))
+        started = time.monotonic()
+        delay = 0.05
+        while todo:
+            answers = await self._send([pending[i] for i in todo], headers)
+            again: list[int] = []
+            full: str | None = None
+            for index, answer in zip(todo, answers, strict=True):
+                if answer is None:  # no ack in time: send again (the msg id dedupes it)
+                    again.append(index)
+                    continue
+                error = answer.get("error")
+                if error is None:
+                    results[index] = not answer.get("duplicate", False)
+                elif error.get("err_code") in _FULL_CODES:
+                    again.append(index)
+                    full = str(answer.get("stream") or pending[index][0])
+                else:
+                    raise PublishError(
+                        f"publishing to {pending[index][0]} failed: "
+                        f"{error.get('description', error)} (code {error.get('err_code')})"
+                    )
+            todo = again
+            if full is not None:
+                self._stream_full(full, pending[todo[0]][0], started)
+            if todo:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.full_since = None
+        return [bool(r) for r in results]
+
+    async def _send(
+        self, items: list[tuple[str, bytes, str]], headers: dict[str, str] | None
+    ) -> list[dict[str, Any] | None]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[bytes]] = []
+        for subject, data, mid in items:
+            self._next += 1
+            reply = f"{self._prefix}.{self._next}"
+            future: asyncio.Future[bytes] = loop.create_future()
+            self._waiting[reply] = future
+            futures.append(future)
+            await self.nc.publish(
+                subject, data, reply=reply, headers={**(headers or {}), "Nats-Msg-Id": mid}
+            )
+        done, _ = await asyncio.wait(futures, timeout=self.ack_timeout_s)
+        answers: list[dict[str, Any] | None] = []
+        for future in futures:
+            if future in done:
+                answers.append(_parse_ack(future.result()))
+            else:
+                future.cancel()
+                answers.append(None)
+        for key in [k for k, f in self._waiting.items() if f.cancelled()]:
+            del self._waiting[key]
+        return answers
+
+    def _stream_full(self, stream: str, subject: str, started: float) -> None:
+        now = time.monotonic()
+        self.full_since = self.full_since or now
+        if self.full_timeout_s is not None and now - started > self.full_timeout_s:
+            raise StreamFull(
+                f"stream {stream} is full: a publish to {subject} waited "
+                f"{now - started:.0f} s for room; raise GRISTMILL_STREAM_MAX_BYTES or collect "
+                f"finished jobs (gristmill gc)"
+            )
+        if now - self._warned.get(stream, -1e9) >= self.warn_every_s:
+            self._warned[stream] = now
+            log.error(
+                "stream %s is full: publishing to %s waits for room (nothing is dropped); "
+                "raise GRISTMILL_STREAM_MAX_BYTES or collect finished jobs (gristmill gc)",
+                stream,
+                subject,
+            )
+
+
+def _parse_ack(data: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return {"error": {"description": f"unreadable ack {data[:80]!r}"}}
+    if "status" in answer:  # a status reply without a body: no stream takes this subject
+        code = answer["status"]
+        return {"error": {"description": f"no stream answered (status {code})", "err_code": code}}
+    return answer if isinstance(answer, dict) else {"error": {"description": repr(answer)}}
 
 
 async def request(

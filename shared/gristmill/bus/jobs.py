@@ -1,6 +1,6 @@
-"""Names the services agree on beyond subjects: job ids, KV keys, consumer names and the
-`Nats-Msg-Id`s that make every publish repeatable. All deterministic, so a step killed at any
-instruction and run again writes the same keys and publishes the same ids.
+"""Names the services agree on beyond subjects: job ids, KV keys, consumer names, manifest keys
+and the `Nats-Msg-Id`s that make every publish repeatable. All deterministic, so a step killed
+at any instruction and run again writes the same keys and publishes the same ids.
 """
 
 from __future__ import annotations
@@ -10,17 +10,20 @@ import re
 
 from pydantic import Field
 
-from gristmill.bus.messages import JobSpec, Message, StepInfo
+from gristmill.bus.messages import DataRef, JobSpec, Message, StepInfo
 from gristmill.bus.subjects import check_token
 
 __all__ = [
     "JobRecord",
+    "archived_key",
     "assignment_key",
     "consumer_name",
     "done_key",
+    "group_key",
     "job_id_for",
     "job_key",
     "msg_id",
+    "published_key",
     "state_key",
     "worker_key",
 ]
@@ -31,13 +34,16 @@ _KEY_SAFE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 class JobRecord(Message):
     """What the planner stores for a job (jobs bucket, `job_key`): the accepted spec, with
-    `inputs` and `output` already written into the pipeline, and its steps."""
+    `inputs` and `output` already written into the pipeline, its steps, and where its first
+    manifests are kept (`plan`, in the store) until they are all published."""
 
     job: str
     spec: JobSpec
     steps: list[StepInfo]
     first_step: int = Field(ge=0)
     fingerprint: str
+    plan: DataRef | None = None
+    submitted_at: float = 0.0
 
 
 def job_id_for(team: str, request_id: str) -> str:
@@ -46,9 +52,20 @@ def job_id_for(team: str, request_id: str) -> str:
     return f"j{digest[:15]}"
 
 
+def group_key(source_key: str, step: int, chunk: int) -> str:
+    """The key of the `chunk`-th group manifest the message `source_key` made for `step`."""
+    digest = hashlib.sha256(f"group\0{source_key}\0{step}\0{chunk}".encode()).hexdigest()
+    return f"g{digest[:31]}"
+
+
 def job_key(job: str) -> str:
     """Jobs bucket: the job's record."""
     return f"job.{check_token('job', job)}"
+
+
+def published_key(job: str) -> str:
+    """Jobs bucket: present once every first manifest of the job is published."""
+    return f"published.{check_token('job', job)}"
 
 
 def state_key(job: str) -> str:
@@ -56,14 +73,19 @@ def state_key(job: str) -> str:
     return f"state.{check_token('job', job)}"
 
 
-def done_key(job: str, step: int, task_id: str) -> str:
-    """Done bucket: the record of a finished task."""
-    safe = task_id if _KEY_SAFE.fullmatch(task_id) else hashlib.sha256(task_id.encode()).hexdigest()
+def archived_key(job: str) -> str:
+    """Jobs bucket: the last `JobState` of a job whose data was collected."""
+    return f"archived.{check_token('job', job)}"
+
+
+def done_key(job: str, step: int, key: str) -> str:
+    """Done bucket: the record of a finished (or split) manifest."""
+    safe = key if _KEY_SAFE.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
     return f"{check_token('job', job)}.{step}.{safe}"
 
 
 def worker_key(worker: str) -> str:
-    """Assignments bucket: a worker's heartbeat (its pool and slots)."""
+    """Workers bucket: a worker's heartbeat (`WorkerState`)."""
     return f"worker.{check_token('worker', worker)}"
 
 
@@ -77,8 +99,8 @@ def consumer_name(job: str, step: int) -> str:
     return f"{check_token('job', job)}_s{step}"
 
 
-def msg_id(kind: str, job: str, step: int, task_id: str, attempt: int | None = None) -> str:
-    """The `Nats-Msg-Id` of a publish about one task (a repeat inside the duplicate window is
-    dropped by the stream)."""
+def msg_id(kind: str, job: str, step: int, key: str, attempt: int | str | None = None) -> str:
+    """The `Nats-Msg-Id` of a publish about one manifest or task (a repeat inside the duplicate
+    window is dropped by the stream)."""
     tail = "" if attempt is None else f".{attempt}"
-    return f"{kind}.{job}.{step}.{task_id}{tail}"
+    return f"{kind}.{job}.{step}.{key}{tail}"

@@ -1,12 +1,19 @@
-"""The messages services exchange over NATS: small JSON documents, never data.
+"""The messages services exchange over NATS: small JSON documents.
 
 Every message carries `schema` (the version of this contract). A message of another version
 is refused with an error saying which versions are involved, so a mixed deployment fails
-loudly instead of misreading fields. Data travels in the store; messages carry `DataRef`s.
+loudly instead of misreading fields.
+
+Data travels in the store; messages carry `DataRef`s. The one exception is a small task (at most
+`INLINE_MAX_BYTES` encoded): its bytes ride inside the `DataRef`, which saves a store write and a
+read per task where tasks are tiny and many. Long lists of task ids (a fan-out into a million
+tasks, a job over a million input files) travel in `IdsPart` events of at most `IDS_PER_PART`
+ids, so that no message outgrows the server's maximum payload.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal, Self
 
@@ -21,28 +28,47 @@ from pydantic import (
 
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
+from gristmill.tasks.ids import check_task_id
 
 __all__ = [
+    "IDS_PER_PART",
+    "INLINE_MAX_BYTES",
+    "MAX_GROUP",
     "SCHEMA_VERSION",
     "ApiReply",
     "DataRef",
     "DeadLetter",
+    "GcQuery",
+    "IdsPart",
     "JobOptions",
     "JobSpec",
     "JobStarted",
     "JobState",
+    "ManifestSplit",
     "Message",
     "MessageError",
     "StatusQuery",
     "StepCounts",
     "StepInfo",
-    "TaskDone",
+    "TaskEntry",
     "TaskFailed",
     "TaskManifest",
+    "TaskResult",
+    "TaskRetried",
+    "TasksDone",
+    "WorkerState",
+    "peek",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SHA256 = r"^[0-9a-f]{64}$"
+
+# A task whose bytes are at most this long travels inside its manifest.
+INLINE_MAX_BYTES = 4096
+# At most this many tasks share one manifest (delivered, acknowledged and recorded as one).
+MAX_GROUP = 64
+# Id lists longer than this travel in `IdsPart` events of this many ids each.
+IDS_PER_PART = 1000
 
 
 class MessageError(GristmillError, ValueError):
@@ -83,22 +109,46 @@ class Message(BaseModel):
             raise MessageError(f"invalid {cls.__name__}: {problems}") from exc
 
 
-class DataRef(Message):
-    """Where a task's bytes are in the store, and how to know they are intact."""
+def peek(payload: bytes | str) -> dict[str, Any]:
+    """The raw fields of a message that failed to parse (another version, say), for naming what
+    it was about; {} when it is not even a JSON object."""
+    try:
+        raw = json.loads(payload)
+    except ValueError:
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
-    uri: str = Field(min_length=1)
-    format: Literal["gristmill-task"] = "gristmill-task"
+
+class DataRef(Message):
+    """Where a task's bytes are and how to know they are intact: a slice (`offset`, `bytes`) of
+    the stored object `uri`, or, for a small task, the bytes themselves (`inline`, base64)."""
+
+    uri: str = ""
+    offset: int = Field(0, ge=0)
+    inline: str = ""
+    format: Literal["gristmill-task", "gristmill-plan"] = "gristmill-task"
     rows: int = Field(ge=0)
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=_SHA256)
 
+    @model_validator(mode="after")
+    def _one_place(self) -> Self:
+        if bool(self.uri) == bool(self.inline):
+            raise ValueError("a DataRef names a stored object (uri) or carries its bytes (inline)")
+        return self
+
 
 class JobOptions(Message):
-    """How the service treats a job's tasks."""
+    """How the service treats a job's tasks.
+
+    `task_timeout_s` bounds one task's run (a stage may set its own); past it the step's actor
+    is stopped and the attempt counts as failed.
+    """
 
     max_deliver: int = Field(5, ge=1, le=100)
     ack_wait_s: float = Field(60.0, gt=0)
     retry_backoff_s: float = Field(1.0, ge=0)
+    task_timeout_s: float = Field(3600.0, gt=0)
     fuse: bool = True
 
 
@@ -128,6 +178,13 @@ class JobSpec(Message):
     def _team_token(cls, team: str) -> str:
         return check_token("team", team)
 
+    @field_validator("initial_ids")
+    @classmethod
+    def _safe_ids(cls, ids: list[str]) -> list[str]:
+        for task_id in ids:
+            check_task_id(task_id, "initial task")
+        return ids
+
     @model_validator(mode="after")
     def _initial_named(self) -> Self:
         if len(self.initial) != len(self.initial_ids):
@@ -152,13 +209,15 @@ class StepInfo(Message):
     pool: Literal["cpu", "gpu"]
     gpus: float = Field(0.0, ge=0)
     gpu_memory_gb: float = Field(0.0, ge=0)
+    task_timeout_s: float | None = Field(None, gt=0)  # the stage's own; None: the job's
 
 
 class JobStarted(Message):
-    """The planner accepted a job: its steps, and the tasks it published first.
+    """The planner accepted a job: its steps, and the tasks it publishes first.
 
     Steps before `first_step` ran in the planner (listing and grouping input files); `initial`
-    are the ids of the tasks published to `first_step`, in order.
+    are the ids of the tasks published to `first_step`, in order, or, when there are more than
+    `IDS_PER_PART`, `initial_parts` says how many `IdsPart` events (owner "") carry them.
     """
 
     job: str
@@ -166,41 +225,107 @@ class JobStarted(Message):
     pipeline: str
     steps: list[StepInfo]
     first_step: int = Field(ge=0)
-    initial: list[str]
+    initial: list[str] = Field(default_factory=list)
+    initial_parts: int = Field(0, ge=0)
     submitted_at: float
 
 
+class TaskEntry(Message):
+    """One task to run: its id, the data it reads, and the attempts it had before this message
+    (a task split out of a group keeps its count)."""
+
+    task_id: str
+    dataset: str = ""
+    inputs: list[DataRef]
+    parents: list[str] = Field(default_factory=list)
+    attempts: int = Field(0, ge=0)
+
+    @field_validator("task_id")
+    @classmethod
+    def _safe_id(cls, task_id: str) -> str:
+        return check_task_id(task_id)
+
+
 class TaskManifest(Message):
-    """One task to run: the step it is for, its id, and the data it reads."""
+    """One message on `gm.<team>.task.<job>.<step>`: the work of one step, a single task or a
+    group of small ones, delivered, acknowledged and recorded as one.
+
+    `key` is the message's deterministic identity (its `Nats-Msg-Id` and done-record key): a
+    single task's id, or the id a group derives from the message that made it. A group that
+    fails or is interrupted is split into single tasks before anything of it is retried.
+    """
 
     job: str
     step: int = Field(ge=0)
     step_name: str
-    task_id: str = Field(min_length=1)
-    dataset: str = ""
-    inputs: list[DataRef]
-    parents: list[str] = Field(default_factory=list)
+    key: str
+    tasks: list[TaskEntry] = Field(min_length=1, max_length=MAX_GROUP)
 
     @field_validator("job")
     @classmethod
     def _job_token(cls, job: str) -> str:
         return check_token("job", job)
 
+    @field_validator("key")
+    @classmethod
+    def _safe_key(cls, key: str) -> str:
+        return check_task_id(key, "manifest key")
 
-class TaskDone(Message):
-    """A task finished: what it produced and what it did to the documents."""
+    @model_validator(mode="after")
+    def _single_is_named_by_its_task(self) -> Self:
+        if len(self.tasks) == 1 and self.key != self.tasks[0].task_id:
+            raise ValueError(f"a single-task manifest is keyed by its task id, not {self.key!r}")
+        return self
 
-    job: str
-    step: int = Field(ge=0)
+
+class TaskResult(Message):
+    """What one task made: its outputs' ids (the next step's tasks) and, on the last step, the
+    outputs themselves. When a task made more than `IDS_PER_PART` outputs, `parts` `IdsPart`
+    events (owner: this task) carry them instead."""
+
     task_id: str
-    outputs: list[DataRef]
-    output_ids: list[str]
+    output_ids: list[str] = Field(default_factory=list)
+    outputs: list[DataRef] = Field(default_factory=list)
+    parts: int = Field(0, ge=0)
     items_in: int = Field(ge=0)
     items_out: int = Field(ge=0)
     items_dropped: int = Field(ge=0)
     wall_time_s: float = Field(ge=0)
+
+
+class TasksDone(Message):
+    """Every task of one manifest finished (event `task_done`; also the manifest's done record,
+    so that a redelivered manifest announces exactly this again)."""
+
+    job: str
+    step: int = Field(ge=0)
+    key: str
+    results: list[TaskResult]
     attempt: int = Field(ge=1)
     worker: str = ""
+
+
+class ManifestSplit(Message):
+    """The done record of a group manifest that failed or was interrupted: its tasks were
+    published again one by one (with the attempts each had), so a redelivery does nothing."""
+
+    job: str
+    step: int = Field(ge=0)
+    key: str
+    task_ids: list[str]
+
+
+class IdsPart(Message):
+    """Part `part` of `parts` of a long id list (event `ids`): the tasks `owner` made for step
+    `step` (owner "" is the planner's first tasks), and on the last step their refs."""
+
+    job: str
+    step: int = Field(ge=0)
+    owner: str
+    part: int = Field(ge=0)
+    parts: int = Field(ge=1)
+    ids: list[str]
+    outputs: list[DataRef] = Field(default_factory=list)
 
 
 class TaskFailed(Message):
@@ -213,6 +338,14 @@ class TaskFailed(Message):
     traceback: str = ""
     attempts: int = Field(ge=1)
     worker: str = ""
+
+
+class TaskRetried(Message):
+    """A dead-lettered task was published again (`gristmill dlq retry`): its job reopens."""
+
+    job: str
+    step: int = Field(ge=0)
+    task_id: str
 
 
 class ApiReply(Message):
@@ -231,10 +364,20 @@ class StatusQuery(Message):
     job: str | None = None
 
 
-class DeadLetter(Message):
-    """What the dead-letter stream keeps of a task that failed its last attempt."""
+class GcQuery(Message):
+    """A request on `gm.<team>.api.gc`: archive the jobs finished more than `older_than_s`
+    ago (None: the service's retention period)."""
 
-    manifest: TaskManifest
+    older_than_s: float | None = Field(None, ge=0)
+
+
+class DeadLetter(Message):
+    """What the dead-letter stream keeps of a task that failed its last attempt: its manifest
+    (a single task), or for a message no manifest could be read from, the raw payload."""
+
+    manifest: TaskManifest | None = None
+    raw: str = ""
+    subject: str = ""
     failure: TaskFailed
 
 
@@ -251,7 +394,13 @@ class StepCounts(Message):
 
 
 class JobState(Message):
-    """Where a job stands; `steps` counts per step (empty before the planner's start event)."""
+    """Where a job stands; `steps` counts per step (empty before the planner's start event).
+
+    `failed` is a job that cannot give a correct result (two tasks with one id, an event no
+    coordinator could read); `error` says why. `retries` counts dead letters published again.
+    `archived_at` is set once the job's payloads, events and done records have been collected
+    (`gristmill gc`).
+    """
 
     job: str
     state: Literal["pending", "running", "completed", "completed_with_failures", "failed"]
@@ -263,11 +412,24 @@ class JobState(Message):
     items_out: int = Field(0, ge=0)
     items_dropped: int = Field(0, ge=0)
     steps: list[StepCounts] = Field(default_factory=list)
+    retries: int = Field(0, ge=0)
     submitted_at: float = 0.0
     finished_at: float | None = None
+    archived_at: float | None = None
     error: str = ""
 
     @property
     def finished(self) -> bool:
         """Whether the job will change no more (short of a dead-letter retry)."""
         return self.state in ("completed", "completed_with_failures", "failed")
+
+
+class WorkerState(Message):
+    """A worker's heartbeat: its pool, slots, what it pulls and runs, when it last beat."""
+
+    worker: str
+    pool: Literal["cpu", "gpu"]
+    slots: int = Field(ge=1)
+    running: int = Field(0, ge=0)
+    steps: list[str] = Field(default_factory=list)  # "<job>/<step>" it pulls
+    at: float

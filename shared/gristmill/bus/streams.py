@@ -1,17 +1,21 @@
 """A team's JetStream layout: its streams and KV buckets, with explicit limits, created
 idempotently at start-up (the same call on every service start; a changed limit is applied).
 
-| name              | holds                                   | retention            |
-| ----------------- | --------------------------------------- | -------------------- |
-| GM_<TEAM>_TASKS   | task manifests, `gm.<team>.task.>`       | work queue           |
-| GM_<TEAM>_EVENTS  | events, `gm.<team>.event.>`              | limits (age, bytes)  |
-| GM_<TEAM>_DLQ     | dead letters, `gm.<team>.dlq.>`          | limits (age, bytes)  |
-| GM_<TEAM>_SPANS   | trace spans, `gm.<team>.span.>`          | limits (age, bytes)  |
-| KV gm_<team>_jobs | job specs and states                    | latest value         |
-| KV gm_<team>_done | one record per finished (job, step, task)| latest value, TTL    |
-| KV gm_<team>_assignments | worker slots per step            | latest value         |
+| name                     | holds                                    | full / old           |
+| ------------------------ | ---------------------------------------- | -------------------- |
+| GM_<TEAM>_TASKS          | task manifests, `gm.<team>.task.>`        | work queue; no new   |
+| GM_<TEAM>_EVENTS         | events, `gm.<team>.event.>`               | no new; never ages   |
+| GM_<TEAM>_DLQ            | dead letters, `gm.<team>.dlq.>`           | no new; never ages   |
+| GM_<TEAM>_SPANS          | trace spans, `gm.<team>.span.>`           | drops oldest; ages   |
+| KV gm_<team>_jobs        | job records, published marks, job states | latest value         |
+| KV gm_<team>_done        | one record per finished manifest         | latest value         |
+| KV gm_<team>_assignments | the steps each worker pulls              | latest value         |
+| KV gm_<team>_workers     | heartbeats                               | expire after a TTL   |
 
-Publishes carry `Nats-Msg-Id`; the streams' duplicate window turns a repeated publish (a retried
+Nothing that is work or the record of work may be discarded: the tasks, events and dead-letter
+streams refuse a publish when full (`discard: new`), publishers wait and retry
+(`bus.client.Publisher`), and what is finished is collected explicitly (`gristmill gc`), never
+by age. Publishes carry `Nats-Msg-Id`; the duplicate window turns a repeated publish (a retried
 step re-publishing its children) into a no-op.
 """
 
@@ -22,17 +26,26 @@ from typing import Any
 
 from gristmill.bus.subjects import Kind, check_token, stream_subjects
 
-__all__ = ["StreamLimits", "TeamLayout", "ensure_layout"]
+__all__ = ["BUCKETS", "StreamLimits", "TeamLayout", "ensure_layout", "layout_name"]
+
+BUCKETS = ("jobs", "done", "assignments", "workers")
 
 
 @dataclass(frozen=True)
 class StreamLimits:
-    """Limits every stream and bucket of a team is created with."""
+    """Limits every stream and bucket of a team is created with (each team has its own)."""
 
     max_bytes: int = 1 << 30
-    max_age_s: float = 7 * 24 * 3600.0
+    spans_max_bytes: int = 256 << 20
+    spans_max_age_s: float = 7 * 24 * 3600.0
     duplicate_window_s: float = 120.0
-    done_ttl_s: float = 7 * 24 * 3600.0
+    heartbeat_ttl_s: float = 30.0
+
+
+def layout_name(team: str) -> str:
+    """The part of stream and bucket names that stands for `team` (upper-cased for streams).
+    Two teams with the same one would share streams: `ServiceSettings` refuses that."""
+    return check_token("team", team).replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class TeamLayout:
 
     @property
     def _upper(self) -> str:
-        return self.team.upper().replace("-", "_")
+        return layout_name(self.team).upper()
 
     @property
     def tasks_stream(self) -> str:
@@ -69,31 +82,33 @@ class TeamLayout:
         return f"GM_{self._upper}_SPANS"
 
     def bucket(self, purpose: str) -> str:
-        """KV bucket name for `purpose` (jobs, done, assignments)."""
-        return f"gm_{self.team.replace('-', '_')}_{purpose}"
+        """KV bucket name for `purpose` (one of `BUCKETS`)."""
+        return f"gm_{layout_name(self.team)}_{purpose}"
+
+    def bucket_stream(self, purpose: str) -> str:
+        """The stream behind a KV bucket."""
+        return f"KV_{self.bucket(purpose)}"
 
     def stream_configs(self, limits: StreamLimits) -> list[dict[str, Any]]:
         """The four streams as nats-py `StreamConfig` keyword arguments."""
-        common = {
-            "max_bytes": limits.max_bytes,
-            "max_age": limits.max_age_s,
-            "duplicate_window": limits.duplicate_window_s,
-            "storage": "file",
-        }
-        streams: list[tuple[str, Kind, str]] = [
-            (self.tasks_stream, "task", "workqueue"),
-            (self.events_stream, "event", "limits"),
-            (self.dlq_stream, "dlq", "limits"),
-            (self.spans_stream, "span", "limits"),
+        kept = {"max_bytes": limits.max_bytes, "max_age": 0.0, "discard": "new"}
+        spans = {"max_bytes": limits.spans_max_bytes, "max_age": limits.spans_max_age_s}
+        streams: list[tuple[str, Kind, str, dict[str, Any]]] = [
+            (self.tasks_stream, "task", "workqueue", kept),
+            (self.events_stream, "event", "limits", kept),
+            (self.dlq_stream, "dlq", "limits", kept),
+            (self.spans_stream, "span", "limits", {**spans, "discard": "old"}),
         ]
         return [
             {
                 "name": name,
                 "subjects": [stream_subjects(self.team, kind)],
                 "retention": retention,
-                **common,
+                "duplicate_window": limits.duplicate_window_s,
+                "storage": "file",
+                **bounds,
             }
-            for name, kind, retention in streams
+            for name, kind, retention, bounds in streams
         ]
 
 
@@ -109,6 +124,7 @@ async def ensure_layout(js: Any, layout: TeamLayout, limits: StreamLimits | None
             subjects=raw["subjects"],
             retention=api.RetentionPolicy(raw["retention"]),
             storage=api.StorageType(raw["storage"]),
+            discard=api.DiscardPolicy(raw["discard"]),
             max_bytes=raw["max_bytes"],
             max_age=raw["max_age"],
             duplicate_window=raw["duplicate_window"],
@@ -119,11 +135,16 @@ async def ensure_layout(js: Any, layout: TeamLayout, limits: StreamLimits | None
             await js.add_stream(config)
         else:
             await js.update_stream(config)
-    for purpose, ttl in (("jobs", None), ("done", limits.done_ttl_s), ("assignments", None)):
+    for purpose in BUCKETS:
+        ttl = limits.heartbeat_ttl_s if purpose == "workers" else None
         try:
             await js.create_key_value(
                 api.KeyValueConfig(
-                    bucket=layout.bucket(purpose), ttl=ttl, storage=api.StorageType.FILE
+                    bucket=layout.bucket(purpose),
+                    ttl=ttl,
+                    storage=api.StorageType.FILE,
+                    direct=True,
+                    max_bytes=limits.max_bytes if purpose == "done" else -1,
                 )
             )
         except BadRequestError:  # exists with other settings: keep the data, not the settings

@@ -37,12 +37,21 @@ class ServiceExecutor(BaseExecutor):
     service `gristmill up` runs under the state dir) and waits.
 
     Config keys: `team` (default "default"), `timeout_s` (default none), `max_deliver`,
-    `ack_wait_s`, `retry_backoff_s` (the job's retry policy), `allow_failures` (default False:
-    a dead-lettered task raises `JobFailed`; True returns what succeeded).
+    `ack_wait_s`, `retry_backoff_s`, `task_timeout_s` (the job's retry policy),
+    `allow_failures` (default False: a dead-lettered task raises `JobFailed`; True returns what
+    succeeded). A job that fails as a whole (two tasks with one id, say) raises `JobFailed`.
     """
 
     config_keys = frozenset(
-        {"team", "timeout_s", "max_deliver", "ack_wait_s", "retry_backoff_s", "allow_failures"}
+        {
+            "team",
+            "timeout_s",
+            "max_deliver",
+            "ack_wait_s",
+            "retry_backoff_s",
+            "task_timeout_s",
+            "allow_failures",
+        }
     )
 
     def __init__(self, url: str | None = None, config: dict[str, Any] | None = None):
@@ -81,7 +90,7 @@ class ServiceExecutor(BaseExecutor):
         request_id = new_request_id()
         job = job_id_for(client.team, request_id)
         refs = [store.put(client.team, job, "initial", task) for task in tasks]
-        policy = ("max_deliver", "ack_wait_s", "retry_backoff_s")
+        policy = ("max_deliver", "ack_wait_s", "retry_backoff_s", "task_timeout_s")
         options = {key: self.config[key] for key in policy if key in self.config}
         submission = JobSpec(
             team=client.team,
@@ -106,6 +115,8 @@ class ServiceExecutor(BaseExecutor):
             )
             for step in self.state.steps
         ]
+        if self.state.state == "failed":
+            raise JobFailed(f"job {self.job} failed: {self.state.error}")
         if self.state.tasks_failed and not self.config.get("allow_failures", False):
             letters = await client.dead_letters(self.job)
             first = letters[0].failure if letters else None

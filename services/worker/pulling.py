@@ -1,0 +1,130 @@
+"""Pulling: one puller per assigned step fetches its manifests, as the worker's slots allow.
+
+A puller fetches only when one of the worker's slots is free and its step has fewer batches in
+hand than its share, and every fetched message is kept alive (`in_progress`, a few times per
+ack wait) from the moment it arrives until it is settled: a manifest waiting for a slot is
+never redelivered behind the worker's back. Slots bound the actor runs only; publishing what a
+run made does not hold one, so a full stream downstream (backpressure) never starves the step
+that would drain it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["KeepAlive", "Puller", "Slots"]
+
+log = logging.getLogger("gristmill.worker")
+
+StepKey = tuple[str, str, int]  # team, job, step
+
+
+class Slots:
+    """The worker's concurrent actor runs: `acquire` one, `release` it, or wait until one is
+    free without taking it (`wait_free`, before fetching)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.used = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting for one."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used < self.count)
+            self.used += 1
+
+    async def release(self) -> None:
+        """Give a slot back."""
+        async with self._changed:
+            self.used -= 1
+            self._changed.notify_all()
+
+    async def wait_free(self) -> None:
+        """Return once a slot is free (taking nothing)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used < self.count)
+
+
+class KeepAlive:
+    """Sends `in_progress` for fetched messages until they are settled (or it is stopped)."""
+
+    def __init__(self, msgs: list[Any], ack_wait_s: float):
+        self.msgs = msgs
+        self._task = asyncio.create_task(self._beat(max(0.05, ack_wait_s / 3)))
+
+    async def _beat(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            for msg in self.msgs:
+                if not msg.is_acked:  # settled messages need nothing more
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+
+    def stop(self) -> None:
+        """Stop beating."""
+        self._task.cancel()
+
+
+class Puller:
+    """Fetches the manifests of one step while `share()` is above 0, handing each fetched
+    batch to `handle(key, msgs, keep_alive)`."""
+
+    def __init__(
+        self,
+        js: Any,
+        key: StepKey,
+        stream: str,
+        consumer: str,
+        slots: Slots,
+        share: Callable[[], int],
+        batch_size: Callable[[], int],
+        ack_wait_s: float,
+        handle: Callable[[StepKey, list[Any], KeepAlive], Coroutine[Any, Any, None]],
+    ):
+        self.js = js
+        self.key = key
+        self.stream = stream
+        self.consumer = consumer
+        self.slots = slots
+        self.share = share
+        self.batch_size = batch_size
+        self.ack_wait_s = ack_wait_s
+        self.handle = handle
+
+    async def run(self) -> None:
+        """Pull until the step is no longer assigned (or its consumer is gone)."""
+        from nats.errors import TimeoutError
+        from nats.js.errors import NotFoundError
+
+        try:
+            sub = await self.js.pull_subscribe_bind(self.consumer, stream=self.stream)
+        except NotFoundError:
+            log.info("step %d of job %s has no consumer (finished?)", self.key[2], self.key[1])
+            return
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while self.share() > 0:
+                if len(running) >= self.share():
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                await self.slots.wait_free()
+                try:
+                    msgs = await sub.fetch(self.batch_size(), timeout=1.0)
+                except TimeoutError:
+                    continue
+                except NotFoundError:
+                    break
+                keeper = KeepAlive(msgs, self.ack_wait_s)
+                task = asyncio.create_task(self.handle(self.key, msgs, keeper))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.wait(running)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()

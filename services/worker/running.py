@@ -1,0 +1,216 @@
+"""Running one fetched batch of a step: triage each message, run the runnable manifests' tasks
+in one of the step's actors, then settle every manifest (`effects`).
+
+The run holds one of the worker's slots; settling does not. A task that runs past its timeout
+(the stage's `task_timeout_s`, else the job's) gets its actor stopped, and counts as a failed
+attempt; the tasks that ran beside it in a group are retried one by one without losing an
+attempt. An actor that dies fails its whole batch the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gristmill.bus.jobs import JobRecord
+from gristmill.config import ServiceSettings
+from gristmill.executors.gpus import gpu_memory_gb
+from gristmill.executors.placement import gpu_request
+from gristmill.stages import Resources
+from services.worker.actors import ActorKey, ActorPool
+from services.worker.effects import Effects, Work
+from services.worker.pulling import KeepAlive, Slots
+
+__all__ = ["BatchRunner", "Lost"]
+
+log = logging.getLogger("gristmill.worker")
+
+# How often a long actor call is asked which task it is on (for the task timeout).
+PROGRESS_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A run whose actor is gone: it died (`hung` is None) or was stopped because task `hung`
+    ran past its timeout."""
+
+    error: str
+    detail: str
+    hung: str | None = None
+
+
+class BatchRunner:
+    """Runs fetched batches for one worker."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        worker: str,
+        slots: Slots,
+        actors: ActorPool,
+        wanted: Callable[[], set[ActorKey]],
+    ):
+        self.settings = settings
+        self.worker = worker
+        self.slots = slots
+        self.actors = actors
+        self.wanted = wanted  # the actor keys of the steps this worker is assigned
+        self.seconds_per_task: dict[tuple[str, int], float] = {}  # (fingerprint, step)
+        self.seconds_per_message: dict[tuple[str, int], float] = {}
+        self.running = 0
+
+    async def handle(
+        self, msgs: list[Any], keeper: KeepAlive, record: JobRecord, step: int, effects: Effects
+    ) -> None:
+        """Triage, run and settle one fetched batch; nothing escapes (a message left unsettled
+        by a bug is naked, so it is retried)."""
+        try:
+            triaged = await asyncio.gather(*(effects.triage(m, record) for m in msgs))
+            works = [w for w in triaged if w is not None]
+            if works:
+                outcome = await self._run(record, step, works)
+                await asyncio.gather(
+                    *(self._settle(effects, record, w, outcome, i) for i, w in enumerate(works))
+                )
+        except Exception:
+            log.exception(
+                "job %s step %d: a batch of %d failed unexpectedly", record.job, step, len(msgs)
+            )
+            for msg in msgs:
+                if not msg.is_acked:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+        finally:
+            keeper.stop()
+
+    async def _settle(
+        self, effects: Effects, record: JobRecord, work: Work, outcome: Any, index: int
+    ) -> None:
+        tasks = work.manifest.tasks
+        if isinstance(outcome, Lost):
+            if len(tasks) > 1:
+                spent = {t.task_id: int(outcome.hung in (None, "?", t.task_id)) for t in tasks}
+                await effects.split(work.msg, work.manifest, spent)
+            else:
+                await effects.failed(work, record, outcome.error, outcome.detail)
+            return
+        raw: list[dict[str, Any]] = outcome[index]
+        if all(r["ok"] for r in raw):
+            await effects.finish(work, record, raw)
+        elif len(tasks) > 1:
+            await effects.split(
+                work.msg,
+                work.manifest,
+                {t.task_id: int(not r["ok"]) for t, r in zip(tasks, raw, strict=True)},
+            )
+        else:
+            await effects.failed(work, record, raw[0]["error"], raw[0]["traceback"])
+
+    async def _run(self, record: JobRecord, step: int, works: list[Work]) -> Any:
+        """Per manifest, the actor's per-task results; or `Lost` for the whole batch."""
+        import ray
+
+        key: ActorKey = (record.spec.team, record.fingerprint, step)
+        await self.slots.acquire()
+        self.running += 1
+        started = time.perf_counter()
+        try:
+            actor = self.actors.take(key) or await self._start_actor(key, record, step)
+            call = asyncio.ensure_future(
+                _await(actor.run.remote([w.manifest.to_json() for w in works]))
+            )
+            timeout = record.steps[step].task_timeout_s or record.spec.options.task_timeout_s
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=min(PROGRESS_EVERY_S, timeout))
+                if done:
+                    break
+                hung = await self._hung(actor, timeout, time.perf_counter() - started)
+                if hung is not None:
+                    call.cancel()
+                    await self._stop(key, actor)
+                    error = (
+                        f"TaskTimeout: task {hung} of step {step} '{record.steps[step].name}' ran "
+                        f"past task_timeout_s={timeout:g}; its actor was stopped"
+                    )
+                    return Lost(error, error, hung)
+            try:
+                results = call.result()
+            except ray.exceptions.RayError as exc:
+                await self._stop(key, actor)
+                cause = getattr(exc, "cause", None) or exc
+                return Lost(
+                    f"{type(cause).__name__}: {cause}", getattr(cause, "traceback", "") or str(exc)
+                )
+            self.actors.give_back(key, actor, time.monotonic())
+            self._measure(record.fingerprint, step, works, time.perf_counter() - started)
+            return results
+        finally:
+            self.running -= 1
+            await self.slots.release()
+
+    async def _hung(self, actor: Any, timeout: float, elapsed: float) -> str | None:
+        """The task the actor has run for longer than `timeout`, if any ("?" when the actor is
+        past it and does not even say which task it is on)."""
+        try:
+            progress = await asyncio.wait_for(_await(actor.progress.remote()), PROGRESS_EVERY_S * 5)
+        except TimeoutError:
+            return "?" if elapsed > timeout else None
+        except Exception:
+            return None  # a dying actor: its call fails on its own
+        if progress is not None and progress[1] > timeout:
+            return str(progress[0])
+        return None
+
+    def _measure(self, fingerprint: str, step: int, works: list[Work], seconds: float) -> None:
+        tasks = sum(len(w.manifest.tasks) for w in works)
+        for table, value in (
+            (self.seconds_per_task, seconds / tasks),
+            (self.seconds_per_message, seconds / len(works)),
+        ):
+            previous = table.get((fingerprint, step), value)
+            table[fingerprint, step] = 0.7 * previous + 0.3 * value
+
+    async def _start_actor(self, key: ActorKey, record: JobRecord, step: int) -> Any:
+        import ray
+
+        from services.worker.runner import StepRunner
+
+        for idle in self.actors.unwanted(self.wanted()):  # each holds a set-up stage
+            await asyncio.to_thread(_kill, idle)
+        # CPU concurrency is the worker's slots, not Ray's: an actor asks Ray for no CPU, so
+        # idle actors of other steps never hold back new ones. GPU steps ask for their share.
+        info = record.steps[step]
+        gpus = 0.0
+        if info.pool == "gpu":
+            available = await asyncio.to_thread(ray.cluster_resources)
+            gpus = gpu_request(
+                info.name,
+                Resources(gpus=info.gpus, gpu_memory_gb=info.gpu_memory_gb),
+                available.get("GPU", 0.0),
+                gpu_memory_gb(),
+            )
+        remote = ray.remote(StepRunner).options(num_cpus=0, num_gpus=gpus, max_concurrency=2)
+        self.actors.started(key)
+        return remote.remote(
+            record.to_json(), step, self.settings.store_root, self.settings.trust_code, self.worker
+        )
+
+    async def _stop(self, key: ActorKey, actor: Any) -> None:
+        self.actors.lost(key)
+        await asyncio.to_thread(_kill, actor)
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.kill(actor)
