@@ -115,9 +115,10 @@ class JobTracker:
                 self.error = collision_error(task_id, step, stage, first, parent)
 
     def _stage_name(self, step: int) -> str:
-        if self.started is not None and step < len(self.started.steps):
-            return self.started.steps[step].name
-        return "?"
+        steps = self.started.steps if self.started is not None else []
+        if step < len(steps):
+            return steps[step].name
+        return f"outputs of {steps[-1].name}" if steps else "?"
 
     def _known(self, step: int, task_id: str) -> bool:
         """Whether a compacted job still tracks this task (it failed, or runs again)."""

@@ -97,16 +97,14 @@ class Puller:
         self.handle = handle
 
     async def run(self) -> None:
-        """Pull until the step is no longer assigned (or its consumer is gone)."""
+        """Pull until the step is no longer assigned (or its consumer is gone). A failing fetch
+        (the server restarting, say) is logged and tried again: a puller never dies of it."""
         from nats.errors import TimeoutError
         from nats.js.errors import NotFoundError
 
-        try:
-            sub = await self.js.pull_subscribe_bind(self.consumer, stream=self.stream)
-        except NotFoundError:
-            log.info("step %d of job %s has no consumer (finished?)", self.key[2], self.key[1])
-            return
         running: set[asyncio.Task[None]] = set()
+        sub: Any = None
+        delay = 0.1
         try:
             while self.share() > 0:
                 if len(running) >= self.share():
@@ -114,11 +112,28 @@ class Puller:
                     continue
                 await self.slots.wait_free()
                 try:
+                    if sub is None:
+                        sub = await self.js.pull_subscribe_bind(self.consumer, stream=self.stream)
                     msgs = await sub.fetch(self.batch_size(), timeout=1.0)
                 except TimeoutError:
                     continue
                 except NotFoundError:
+                    log.info("step %d of job %s has no consumer (ended)", self.key[2], self.key[1])
                     break
+                except Exception as exc:
+                    log.warning(
+                        "step %d of job %s: fetching failed (%s); again in %.1f s",
+                        self.key[2],
+                        self.key[1],
+                        exc,
+                        delay,
+                    )
+                    await _unsubscribed(sub)
+                    sub = None
+                    await asyncio.sleep(delay)
+                    delay = min(5.0, delay * 2)
+                    continue
+                delay = 0.1
                 keeper = KeepAlive(msgs, self.ack_wait_s)
                 task = asyncio.create_task(self.handle(self.key, msgs, keeper))
                 running.add(task)
@@ -126,5 +141,11 @@ class Puller:
             if running:
                 await asyncio.wait(running)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await _unsubscribed(sub)
+
+
+async def _unsubscribed(sub: Any) -> None:
+    """Drop a pull subscription, whatever state it is in."""
+    if sub is not None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -126,6 +126,8 @@ class WorkerService:
             slots=self.slots.count,
             running=self.runner.running,
             steps=steps,
+            actors_busy=self.actors.busy(),
+            actors_idle=self.actors.idle_count(),
             at=time.time(),
         )
 

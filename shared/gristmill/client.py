@@ -23,6 +23,7 @@ from gristmill.bus import (
     JobSpec,
     JobStarted,
     JobState,
+    MessageError,
     StatusQuery,
     TaskFailed,
     TaskResult,
@@ -96,8 +97,9 @@ class ServiceClient:
             self._store = TaskStore((await self.info())["store"])
         return self._store
 
-    async def submit(self, spec: JobSpec, retries: int = 3) -> str:
-        """Submit; returns the job id. A lost reply is retried with the same request id."""
+    async def submit(self, spec: JobSpec, retries: int = 5, timeout_s: float = 60.0) -> str:
+        """Submit; returns the job id. A lost reply (the planner died before answering, say)
+        is retried with the same request id, after `timeout_s`."""
         size, limit = len(spec.to_json()), self.nc.max_payload
         if size > limit:
             raise GristmillError(
@@ -106,11 +108,12 @@ class ServiceClient:
             )
         for attempt in range(retries):
             try:
-                reply = await request(self.nc, self.team, "submit", spec, timeout_s=60.0)
+                reply = await request(self.nc, self.team, "submit", spec, timeout_s=timeout_s)
                 break
-            except GristmillError:
+            except GristmillError:  # no answer: the planner may be starting again
                 if attempt == retries - 1:
                     raise
+                await asyncio.sleep(2.0**attempt)
         if not reply.ok:
             raise JobRejected(reply.error)
         assert reply.job is not None
@@ -135,9 +138,11 @@ class ServiceClient:
         timeout_s: float | None = None,
         on_progress: Callable[[JobState], None] | None = None,
         poll_s: float = 0.2,
+        min_retries: int = 0,
     ) -> JobState:
         """Wait for the job's final state (from the events stream: nothing is missed);
-        `on_progress` sees the coordinator's counts meanwhile."""
+        `on_progress` sees the coordinator's counts meanwhile. After `dlq retry`, pass the
+        number of retries made so far as `min_retries` to wait for the job to end again."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         final: asyncio.Future[JobState] = asyncio.get_running_loop().create_future()
 
@@ -146,7 +151,7 @@ class ServiceClient:
             while True:  # a long job outlives one replay's idle limit: follow again
                 async for msg in replay(self.js, subject, idle_s=60.0):
                     state = JobState.from_json(msg.data)
-                    if state.finished:
+                    if state.finished and state.retries >= min_retries:
                         final.set_result(state)
                         return
 
@@ -177,8 +182,9 @@ class ServiceClient:
         """Every `TasksDone` of the job, one per manifest (a re-announcement is left out)."""
         seen: dict[tuple[int, str], TasksDone] = {}
         async for msg in replay(self.js, event_subject(self.team, job, "task_done")):
-            done = TasksDone.from_json(msg.data)
-            seen.setdefault((done.step, done.key), done)
+            with contextlib.suppress(MessageError):  # the coordinator failed what it names
+                done = TasksDone.from_json(msg.data)
+                seen.setdefault((done.step, done.key), done)
         return list(seen.values())
 
     async def results(self, job: str) -> dict[tuple[int, str], TaskResult]:
@@ -193,8 +199,9 @@ class ServiceClient:
         """Every task that was dead-lettered at some point, by (step, task id)."""
         found: dict[tuple[int, str], TaskFailed] = {}
         async for msg in replay(self.js, event_subject(self.team, job, "task_failed")):
-            failed = TaskFailed.from_json(msg.data)
-            found.setdefault((failed.step, failed.task_id), failed)
+            with contextlib.suppress(MessageError):
+                failed = TaskFailed.from_json(msg.data)
+                found.setdefault((failed.step, failed.task_id), failed)
         return found
 
     async def _parts(self, job: str) -> dict[tuple[int, str], dict[int, IdsPart]]:

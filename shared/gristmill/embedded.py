@@ -93,6 +93,7 @@ class EmbeddedService:
         self.input_roots = input_roots
         self.supervise = supervise
         self.child_env = dict(child_env or {})
+        self._own_env: dict[str, dict[str, str]] = {}
         self._limits = {
             "stream_max_bytes": stream_max_bytes,
             "retention_s": retention_s,
@@ -194,6 +195,7 @@ class EmbeddedService:
                 child.incarnation += 1
             env = {
                 **self._env,
+                **self._own_env.get(name, {}),
                 "GRISTMILL_ROLE": name,
                 "GRISTMILL_INCARNATION": str(child.incarnation),
             }
@@ -344,6 +346,12 @@ class EmbeddedService:
                 child.restarts += 1
                 self._spawn(name, child.args)
         asyncio.run(self._wait_ready([name] if _is_worker(name) else []))
+
+    def set_child_env(self, name: str, env: dict[str, str]) -> None:
+        """Environment variables for `name` from its next start on (chaos tests: the faults
+        one child is to suffer)."""
+        with self._lock:
+            self._own_env[name] = dict(env)
 
     def kill_nats(self) -> None:
         """SIGKILL the embedded nats-server (its files stay)."""

@@ -11,6 +11,7 @@ Off (one dictionary lookup per point) unless `GRISTMILL_FAULTS` is set, e.g.
 | `kill_at=A-B`| SIGKILL at the N-th point visited, N drawn from [A, B] for each incarnation       |
 | `kills=K`    | only the first K incarnations of the process may be killed (default: no limit)   |
 | `only=X`     | kill only at points whose name starts with X (e.g. `worker.`)                    |
+| `once=PATH`  | kill only if the file PATH can be created (at most one kill, whatever restarts)  |
 | `store_write=P` | a store write fails after writing half its bytes (nothing is published)       |
 | `store_read=P`  | a store read returns damaged bytes (the checksum must catch it)               |
 | `dup=P`      | a publish is sent a second time under another msg id (a duplicate the stream      |
@@ -49,6 +50,7 @@ class FaultPlan:
         if "kill_at" in fields:
             low, _, high = fields["kill_at"].partition("-")
             self.kill_at = self.rng.randint(int(low), int(high or low))
+        self.once = fields.get("once", "")
         self.visits = 0
         self.rates = {k: float(fields.get(k, 0)) for k in ("store_write", "store_read", "dup")}
 
@@ -65,9 +67,19 @@ class FaultPlan:
         if not self.may_kill or not name.startswith(self.only):
             return False
         self.visits += 1
-        if self.kill_at is not None and self.visits == self.kill_at:
+        hit = (self.kill_at is not None and self.visits == self.kill_at) or (
+            self.kill > 0 and self.rng.random() < self.kill
+        )
+        return hit and self._first_kill()
+
+    def _first_kill(self) -> bool:
+        if not self.once:
             return True
-        return self.kill > 0 and self.rng.random() < self.kill
+        try:
+            os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
 
     def roll(self, kind: str) -> bool:
         """Whether to inject a fault of `kind` now."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from gristmill import DocumentBatch, ProcessingStage
+from gristmill import DocumentBatch, EmptyTask, ProcessingStage
 from gristmill.stages import WorkerMetadata
 
 
@@ -88,3 +89,73 @@ class GateOn(ProcessingStage[DocumentBatch, DocumentBatch]):
             with (directory / "release").open() as release:
                 release.read()
         return task
+
+
+class SleepEach(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Works `seconds` on every batch (a stand-in for a slow stage)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        import time
+
+        time.sleep(self.seconds)  # simulated work, not synchronisation
+        return task
+
+
+class HangOn(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Hangs on every attempt at a batch holding `doc_id` (opens the FIFO `fifo` for reading,
+    which nobody writes); its own task timeout is `task_timeout_s`."""
+
+    task_timeout_s = 2.0
+
+    def __init__(self, doc_id: str, fifo: str):
+        self.doc_id = doc_id
+        self.fifo = fifo
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        if self.doc_id in task.to_pyarrow()["id"].to_pylist():
+            with open(self.fifo):  # blocks: no writer ever comes
+                pass
+        return task
+
+
+class SameId(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Gives every task it returns the id "same" (a stage that breaks the id contract)."""
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        return DocumentBatch(task_id="same", dataset_name=task.dataset_name, data=task.data)
+
+
+class FailWhile(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Raises for a batch holding a document whose text contains `marker` while the file
+    `flag` exists (delete it and a retry succeeds)."""
+
+    def __init__(self, marker: str, flag: str):
+        self.marker = marker
+        self.flag = flag
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        texts = task.to_pyarrow()["text"]
+        if Path(self.flag).exists() and pc.any(pc.match_substring(texts, self.marker)).as_py():
+            raise ValueError(f"failing while {self.flag} exists")
+        return task
+
+
+class FanOutRows(ProcessingStage[EmptyTask, DocumentBatch]):
+    """`count` one-row tasks (tiny: their bytes travel inline, in groups)."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def process(self, task: EmptyTask) -> list[DocumentBatch]:
+        return [DocumentBatch(data=pa.table({"n": [i]})) for i in range(self.count)]
+
+
+class AddOneToN(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Adds 1 to column `n`."""
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        table = task.to_pyarrow()
+        return DocumentBatch(data=table.set_column(0, "n", pc.add(table["n"], 1)))

@@ -4,18 +4,14 @@ CLI. Results are compared with `LocalExecutor`'s, document for document."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from service_stages import GateOn, PoisonOn, RecordCalls, StallOnce
 
 from gristmill import Pipeline
 from gristmill.bus import JobSpec, TaskManifest
@@ -29,7 +25,18 @@ from gristmill.executors.local import LocalExecutor
 from gristmill.executors.service import JobFailed, ServiceExecutor
 from gristmill.stages.text.io import JsonlReader, JsonlWriter
 from gristmill.store import TaskStore
-from gristmill.tasks import Task
+
+from service_helpers import (
+    client_call,
+    doc_ids,
+    fifos,
+    finished,
+    read_fifo,
+    run_in_thread,
+    until,
+    written,
+)
+from service_stages import GateOn, PoisonOn, RecordCalls, StallOnce
 
 pytestmark = pytest.mark.integration
 
@@ -55,91 +62,11 @@ def service(base: Path) -> Iterator[EmbeddedService]:
         yield running
 
 
-def client_call(service: EmbeddedService, call: Callable[[ServiceClient], Any]) -> Any:
-    """Run `call(client)` on a fresh connection."""
-
-    async def go() -> Any:
-        client = await ServiceClient.connect(service.url)
-        try:
-            return await call(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(go())
-
-
-def until(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
-    """Wait for `condition()` to hold (polling a system we do not control), or fail."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.05)
-    return value
-
-
 def quality(output: Path, inputs: Path = DATA) -> Pipeline:
     spec = yaml.safe_load(QUALITY.read_text())
     spec["stages"][0]["params"] = {"file_paths": str(inputs)}
     spec["stages"][-1]["params"] = {"path": str(output)}
     return Pipeline.from_spec(spec)
-
-
-def written(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.jsonl"))}
-
-
-def doc_ids(directory: Path) -> list[str]:
-    return [
-        json.loads(line)["id"]
-        for data in written(directory).values()
-        for line in data.decode().splitlines()
-    ]
-
-
-def run_in_thread(pipeline: Pipeline, executor: ServiceExecutor) -> threading.Thread:
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["outputs"] = pipeline.run(executor)
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.result = result  # type: ignore[attr-defined]
-    thread.start()
-    return thread
-
-
-def finished(thread: threading.Thread, timeout_s: float = 180.0) -> list[Task[Any]]:
-    thread.join(timeout_s)
-    assert not thread.is_alive(), "the job did not finish in time"
-    result = thread.result  # type: ignore[attr-defined]
-    if "error" in result:
-        raise result["error"]
-    outputs: list[Task[Any]] = result["outputs"]
-    return outputs
-
-
-def fifos(directory: Path, *names: str) -> Path:
-    """A new directory holding FIFOs `names` (how a test and a stage inside a worker meet)."""
-    directory.mkdir()
-    for name in names:
-        os.mkfifo(directory / name)
-    return directory
-
-
-def read_fifo(path: Path, timeout_s: float = 120.0) -> str:
-    """What a stage writes to the FIFO `path` (blocks until it does), with a deadline."""
-    box: list[str] = []
-    reader = threading.Thread(target=lambda: box.append(path.read_text()), daemon=True)
-    reader.start()
-    reader.join(timeout_s)
-    assert box, f"nothing was written to {path} in {timeout_s:g} s"
-    return box[0].strip()
 
 
 def test_the_quality_pipeline_on_the_service_writes_what_local_writes(

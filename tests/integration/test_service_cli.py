@@ -48,13 +48,13 @@ def test_gristmill_run_starts_a_service_runs_the_pipeline_and_stops_it(
 def test_a_registered_only_service_refuses_a_pipeline_bringing_its_own_classes(
     tmp_path: Path,
 ) -> None:
-    from service_stages import RecordCalls
-
     from gristmill import Pipeline
     from gristmill.client import JobRejected
     from gristmill.embedded import EmbeddedService
     from gristmill.executors.service import ServiceExecutor
     from gristmill.stages.text.io import JsonlReader
+
+    from service_stages import RecordCalls
 
     pipeline = Pipeline(
         "own", [JsonlReader(file_paths=str(ROOT / "examples" / "data")), RecordCalls("x.log")]

@@ -432,4 +432,6 @@ class WorkerState(Message):
     slots: int = Field(ge=1)
     running: int = Field(0, ge=0)
     steps: list[str] = Field(default_factory=list)  # "<job>/<step>" it pulls
+    actors_busy: int = Field(0, ge=0)
+    actors_idle: int = Field(0, ge=0)
     at: float

@@ -39,7 +39,8 @@ class ServiceExecutor(BaseExecutor):
     Config keys: `team` (default "default"), `timeout_s` (default none), `max_deliver`,
     `ack_wait_s`, `retry_backoff_s`, `task_timeout_s` (the job's retry policy),
     `allow_failures` (default False: a dead-lettered task raises `JobFailed`; True returns what
-    succeeded). A job that fails as a whole (two tasks with one id, say) raises `JobFailed`.
+    succeeded), `submit_timeout_s` (how long to wait for the planner's answer before asking
+    again, default 60). A job that fails as a whole (two tasks with one id) raises `JobFailed`.
     """
 
     config_keys = frozenset(
@@ -51,6 +52,7 @@ class ServiceExecutor(BaseExecutor):
             "retry_backoff_s",
             "task_timeout_s",
             "allow_failures",
+            "submit_timeout_s",
         }
     )
 
@@ -101,7 +103,9 @@ class ServiceExecutor(BaseExecutor):
             code=sorted(blobs),
             options=JobOptions(fuse=fuse, **options),
         )
-        self.job = await client.submit(submission)
+        self.job = await client.submit(
+            submission, timeout_s=float(self.config.get("submit_timeout_s", 60.0))
+        )
         timeout = self.config.get("timeout_s")
         self.state = await client.wait(self.job, timeout_s=timeout)
         self.totals = [

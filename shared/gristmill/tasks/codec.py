@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,24 @@ _LENGTH = struct.Struct("<I")
 _BASE_FIELDS = {"task_id", "dataset_name", "data", "_stage_perf", "_metadata"}
 
 
+def _native(value: Any) -> bool:
+    """Whether `value` is made only of what JSON carries unchanged (the common case, checked
+    without encoding: tasks are encoded by the thousand on the service's hot path)."""
+    if value is None or isinstance(value, str | bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_native(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _native(v) for k, v in value.items())
+    return False
+
+
 def _json_safe(value: Any, what: str, cls_name: str) -> Any:
     """`value` if JSON carries it unchanged; otherwise a `TaskSerializationError` naming it."""
+    if _native(value):
+        return value
     try:
         same = json.loads(json.dumps(value, allow_nan=False)) == value
     except (TypeError, ValueError) as exc:
@@ -43,6 +60,15 @@ def _json_safe(value: Any, what: str, cls_name: str) -> Any:
             f"{cls_name}: {what} would change in JSON (use string keys and lists, not tuples)"
         )
     return value
+
+
+def _perf(task: Task[Any], cls_name: str) -> list[dict[str, Any]]:
+    """The task's perf entries as dicts: typed fields, so only user metrics need checking."""
+    entries = [p.to_dict() for p in task._stage_perf]
+    for entry in entries:
+        if entry["custom_metrics"] or not isinstance(entry["stage_name"], str):
+            _json_safe(entry, "_stage_perf", cls_name)
+    return entries
 
 
 def encode_task(task: Task[Any]) -> bytes:
@@ -78,7 +104,7 @@ def encode_task(task: Task[Any]) -> bytes:
         "data_kind": kind,
         "data": json_data,
         "fields": extra,
-        "stage_perf": _json_safe([p.to_dict() for p in task._stage_perf], "_stage_perf", cls_name),
+        "stage_perf": _perf(task, cls_name),
         "metadata": _json_safe(task._metadata, "_metadata", cls_name),
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()

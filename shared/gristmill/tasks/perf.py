@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["StagePerfStats"]
@@ -27,7 +27,15 @@ class StagePerfStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the fields."""
-        return asdict(self)
+        return {
+            "stage_name": self.stage_name,
+            "wall_time_s": self.wall_time_s,
+            "items_in": self.items_in,
+            "items_out": self.items_out,
+            "items_dropped": self.items_dropped,
+            "tasks_in": self.tasks_in,
+            "custom_metrics": dict(self.custom_metrics),
+        }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> StagePerfStats:
