@@ -17,6 +17,7 @@ __all__ = [
     "StageError",
     "StageParamsError",
     "StageRegistryError",
+    "TaskIdCollisionError",
     "TaskIdError",
     "TaskInputError",
     "TaskSerializationError",
@@ -47,6 +48,23 @@ class ResourcesError(GristmillError, ValueError):
 
 class TaskIdError(GristmillError, ValueError):
     """A task id that cannot name a file, a subject token or a store key."""
+
+
+class TaskIdCollisionError(GristmillError):
+    """Two parents made a task with the same id in one step of a run: their data would merge
+    into one message, one stored object and one progress entry. Every executor raises it, with
+    the same message; `step` is the physical step's 0-based index."""
+
+    def __init__(self, task_id: str, step: int, stage: str, first_parent: str, second_parent: str):
+        self.task_id = task_id
+        self.step = step
+        self.stage = stage
+        self.parents = (first_parent, second_parent)
+        super().__init__(
+            f"task id {task_id!r} of step {step} '{stage}' was made from two parents, "
+            f"{first_parent!r} and {second_parent!r}; give each output its own id, or leave "
+            f"task_id empty to have one derived"
+        )
 
 
 class TaskSerializationError(GristmillError, ValueError):

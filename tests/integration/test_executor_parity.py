@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -18,9 +21,9 @@ sys.path.insert(0, str(EXAMPLES))  # before Ray starts: its workers import what 
 
 from quickstart import SentimentStage, TaskCreationStage, WordCountStage  # noqa: E402
 
-from gristmill import BaseExecutor, LocalExecutor, Pipeline, Resources  # noqa: E402
+from gristmill import BaseExecutor, DocumentBatch, LocalExecutor, Pipeline, Resources  # noqa: E402
 from gristmill.embedded import EmbeddedService  # noqa: E402
-from gristmill.errors import GristmillError, StageError  # noqa: E402
+from gristmill.errors import GristmillError, StageError, TaskIdCollisionError  # noqa: E402
 from gristmill.executors.ray_cluster import ray_session  # noqa: E402
 from gristmill.executors.ray_data import RayDataExecutor  # noqa: E402
 from gristmill.executors.service import JobFailed, ServiceExecutor  # noqa: E402
@@ -33,6 +36,7 @@ from ray_stages import (  # noqa: E402
     AlwaysFails,
     CountingSetup,
     FailsOnce,
+    FixedId,
     MakeBatches,
     QuarterGpu,
 )
@@ -59,7 +63,8 @@ def service(ray: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emb
     """The embedded service, its workers on the module's Ray, allowed to write under tmp."""
     state = tmp_path_factory.mktemp("service-state")
     base = str(tmp_path_factory.getbasetemp())
-    with EmbeddedService(state, workers=1, slots=2, output_root=base) as running:
+    roots = (base, str(EXAMPLES))
+    with EmbeddedService(state, workers=1, slots=2, output_root=base, input_roots=roots) as running:
         yield running
 
 
@@ -98,6 +103,37 @@ def test_quickstart_gives_the_local_outputs(name: str, request: pytest.FixtureRe
     expected = _fingerprint(_quickstart().run(LocalExecutor()))
     assert len(expected) == 7
     assert _fingerprint(_quickstart().run(_executor(name, request))) == expected
+
+
+USER_SCRIPT = Path(__file__).with_name("user_script.py")
+
+
+def test_a_scripts_own_classes_give_the_same_outputs_on_every_executor_in_one_process() -> None:
+    # The script's classes live in its `__main__`; it joins this module's Ray (RAY_ADDRESS).
+    assert os.environ["RAY_ADDRESS"]
+    result = subprocess.run(
+        [sys.executable, str(USER_SCRIPT)], capture_output=True, text=True, timeout=420
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [line] = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
+    runs = json.loads(line.removeprefix("RESULT "))
+    assert runs["steps"] == 3  # the source fans out, so its five tasks spread over workers
+    local = runs["local"]
+    assert len(local) == 5
+    assert {kind for kind, *_ in local} == {"__main__:SampleTask"}
+    assert [stages for *_, stages in local] == [["TaskCreationStage", "WordCountStage", "GoodWordsStage"]] * 5  # fmt: skip
+    assert runs["xenna-streaming"] == local
+    assert runs["ray-data"] == local
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data"])
+def test_two_inputs_making_one_task_id_stop_the_run(name: str) -> None:
+    initial = [DocumentBatch(task_id=i, data=pa.table({"n": [n]})) for n, i in enumerate("ab")]
+    with pytest.raises(TaskIdCollisionError) as caught:
+        Pipeline("collide", [FixedId()]).run(EXECUTORS[name](), initial_tasks=initial)
+    # Which input's output the ledger saw first depends on the workers.
+    assert re.fullmatch(r"task id 'same' of step 0 'FixedId' was made from two parents, '(a|b)' and '(a|b)'; give each output its own id, or leave task_id empty to have one derived", str(caught.value))  # fmt: skip
+    assert sorted(caught.value.parents) == ["a", "b"]
 
 
 def _corpus(tmp_path: Path) -> str:

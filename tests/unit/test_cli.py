@@ -21,14 +21,17 @@ def _spec(tmp_path: Path, body: str) -> str:
 
 
 def test_describe_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = _spec(tmp_path, "name: toy\nstages:\n  - stage: MakeDocs\n  - stage: AddLength\n")
+    spec = _spec(tmp_path, "name: toy\nstages:\n  - stage: AddLength\n  - stage: KeepLong\n")
     assert main(["describe", spec]) == 0
     assert capsys.readouterr().out.splitlines()[:2] == [
         "Pipeline 'toy': 2 stages in 1 steps",
-        "  step 1  [cpus=1, batch_size=1]  (fused)",
+        "  step 1  [cpus=1, batch_size=1]  (fused)  ends: last stage",
     ]
     assert main(["describe", "--no-fuse", spec]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "Pipeline 'toy': 2 stages in 2 steps"
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "Pipeline 'toy': 2 stages in 2 steps",
+        "  step 1  [cpus=1, batch_size=1]  ends: fusion off",
+    ]
 
 
 def test_describe_of_a_bad_spec_exits_2_with_the_reason(

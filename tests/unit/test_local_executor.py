@@ -1,4 +1,5 @@
-"""LocalExecutor: lifecycle, batching, fan-out and drops, ids, perf stats, errors."""
+"""LocalExecutor: lifecycle, batching, fan-out and drops, ids and their collisions, perf stats,
+errors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from gristmill import DocumentBatch, EmptyTask, LocalExecutor, Pipeline, ProcessingStage
-from gristmill.errors import GristmillError, StageError
+from gristmill.errors import GristmillError, StageError, TaskIdCollisionError
 from gristmill.tasks import ROOT_TASK_ID, derive_task_id
 
 from toy_stages import AddLength, BatchTagger, KeepLong, MakeDocs, Recorder, SplitRows, docs_of
@@ -153,3 +154,63 @@ def test_a_stage_may_return_its_input_task_unchanged() -> None:
     [out] = Pipeline("p", [Identity()]).run()
     assert out.task_id == ROOT_TASK_ID
     assert [p.stage_name for p in out._stage_perf] == ["Identity"]
+
+
+class FixedId(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Names every output 'same', whatever its input: two inputs make one id."""
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        return DocumentBatch(task_id="same", data=task.data)
+
+
+class OnePerBatch(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Merges each batch of two into one task named 'same'."""
+
+    batch_size = 2
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        return self.process_batch([task])[0]
+
+    def process_batch(self, tasks: list[DocumentBatch]) -> list[DocumentBatch]:
+        return [DocumentBatch(task_id="same", data=pa.concat_tables([t.to_pyarrow() for t in tasks]))]  # fmt: skip
+
+
+def _texts(*ids: str) -> list[DocumentBatch]:
+    return [DocumentBatch(task_id=i, data=pa.table({"text": [f"{i} x"]})) for i in ids]
+
+
+COLLISION = "task id 'same' of step {step} '{stage}' was made from two parents, {first} and {second}; give each output its own id, or leave task_id empty to have one derived"  # fmt: skip
+
+
+def test_two_inputs_making_one_task_id_stop_the_run() -> None:
+    log: list[str] = []
+    with pytest.raises(TaskIdCollisionError) as caught:
+        Pipeline("p", [FixedId(), Recorder(log)]).run(initial_tasks=_texts("a", "b"))
+    assert str(caught.value) == COLLISION.format(step=0, stage="FixedId", first="'a'", second="'b'")
+    assert isinstance(caught.value, GristmillError)
+    assert log.count("Recorder.process") == 1  # the second 'same' never reached the next step
+    assert log[-1] == "Recorder.teardown"
+
+
+def test_a_collision_names_the_physical_step_fused_or_not() -> None:
+    stages = [AddLength(), FixedId()]
+    with pytest.raises(TaskIdCollisionError) as caught:
+        Pipeline("p", stages).run(initial_tasks=_texts("a", "b"), fuse=False)
+    first, second = (repr(derive_task_id(i, "AddLength", 0)) for i in "ab")  # AddLength's outputs
+    assert str(caught.value) == COLLISION.format(
+        step=1, stage="FixedId", first=first, second=second
+    )
+    with pytest.raises(TaskIdCollisionError) as caught:
+        Pipeline("p", stages).run(initial_tasks=_texts("a", "b"))
+    assert str(caught.value) == COLLISION.format(step=0, stage="AddLength+FixedId", first="'a'", second="'b'")  # fmt: skip
+
+
+def test_an_output_made_from_a_whole_batch_names_the_batch_as_its_parent() -> None:
+    with pytest.raises(TaskIdCollisionError) as caught:
+        Pipeline("p", [OnePerBatch()]).run(initial_tasks=_texts("a", "b", "c"))
+    assert str(caught.value) == COLLISION.format(step=0, stage="OnePerBatch", first="'a+b'", second="'c'")  # fmt: skip
+
+
+def test_stages_that_keep_their_inputs_ids_are_no_collision() -> None:
+    outputs = Pipeline("p", [Recorder([]), Recorder([]).with_(name="again")]).run(initial_tasks=_texts("a", "b"))  # fmt: skip
+    assert [t.task_id for t in outputs] == ["a", "b"]

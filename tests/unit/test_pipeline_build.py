@@ -85,19 +85,18 @@ def test_zero_batch_size_fails_build() -> None:
         Pipeline("p", [MakeDocs(), stage]).build()
 
 
-def test_describe_shows_steps_resources_and_columns() -> None:
-    pipeline = Pipeline(
-        "toy",
-        [MakeDocs(), AddLength(), KeepLong().with_(resources=Resources(cpus=2), batch_size=4)],
-        description="a toy",
-    )
+def test_describe_shows_steps_resources_columns_and_why_each_step_ends() -> None:
+    stricter = KeepLong(min_words=5).with_(name="KeepLonger", resources=Resources(cpus=2), batch_size=4)  # fmt: skip
+    pipeline = Pipeline("toy", [MakeDocs(), AddLength(), KeepLong(), stricter], description="a toy")
     assert pipeline.describe().splitlines() == [
-        "Pipeline 'toy': 3 stages in 2 steps",
-        "  step 1  [cpus=1, batch_size=1]  (fused)",
-        "    MakeDocs   reads: -                    writes: doc_id, text",
-        "    AddLength  reads: text                 writes: length",
-        "  step 2  [cpus=2, batch_size=4]",
-        "    KeepLong   reads: length               writes: -",
+        "Pipeline 'toy': 4 stages in 3 steps",
+        "  step 1  [cpus=1, batch_size=1]  ends: 'MakeDocs' fans out (process returns list[DocumentBatch])",
+        "    MakeDocs    reads: -                    writes: doc_id, text",
+        "  step 2  [cpus=1, batch_size=1]  (fused)  ends: next stage 'KeepLonger' has batch_size 4",
+        "    AddLength   reads: text                 writes: length",
+        "    KeepLong    reads: length               writes: -",
+        "  step 3  [cpus=2, batch_size=4]  ends: last stage",
+        "    KeepLonger  reads: length               writes: -",
         "  a toy",
     ]
 

@@ -14,18 +14,20 @@ def test_quickstart_prints_its_plan_results_and_totals() -> None:
         [sys.executable, QUICKSTART], capture_output=True, text=True, check=True, timeout=120
     )
     lines = result.stdout.splitlines()
-    assert lines[:6] == [
-        "Pipeline 'quickstart': 3 stages in 2 steps",
-        "  step 1  [cpus=1, batch_size=1]  (fused)",
+    assert lines[:7] == [
+        "Pipeline 'quickstart': 3 stages in 3 steps",
+        "  step 1  [cpus=1, batch_size=1]  ends: 'TaskCreationStage' fans out (process returns list[SampleTask])",
         "    TaskCreationStage  reads: -                    writes: sentence",
+        "  step 2  [cpus=1, batch_size=1]  ends: next stage 'SentimentStage' overrides process_batch",
         "    WordCountStage     reads: sentence             writes: word_count",
-        "  step 2  [cpus=0.5, batch_size=2]",
+        "  step 3  [cpus=0.5, batch_size=2]  ends: last stage",
         "    SentimentStage     reads: sentence             writes: sentiment",
     ]
-    assert lines[-5:] == [
-        "step                              tasks in/out  items in/out",
-        "TaskCreationStage+WordCountStage           1/4          0/12",
-        "SentimentStage                             4/4         12/12",
+    assert lines[-6:] == [
+        "step               tasks in/out  items in/out",
+        "TaskCreationStage           1/4          0/12",
+        "WordCountStage              4/4         12/12",
+        "SentimentStage              4/4         12/12",
         "",
         "4 tasks, 12 sentences scored",
     ]

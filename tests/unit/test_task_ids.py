@@ -1,4 +1,5 @@
-"""Task ids: deterministic, sensitive to every input, and stable across interpreters."""
+"""Task ids: deterministic, sensitive to every input, stable across interpreters, and safe as file
+names wherever they enter a run."""
 
 from __future__ import annotations
 
@@ -6,10 +7,19 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from gristmill import DocumentBatch, Pipeline, ProcessingStage
+from gristmill.errors import TaskIdError
+from gristmill.stages.deduplication.exact import HashBucketWriter
+from gristmill.stages.text.io import JsonlWriter, ParquetWriter
 from gristmill.tasks import content_task_id, derive_task_id
+
+from toy_stages import AddLength
 
 # Computed once from the current scheme; a change of the scheme must be deliberate.
 ROOT_S_0 = "d69d9a075ee5cc143c55ae27bd7089c0"
@@ -93,3 +103,55 @@ def test_derive_task_id_rejects_a_negative_index():
 )
 def test_ids_are_32_lowercase_hex_chars(task_id):
     assert HEX_ID.fullmatch(task_id)
+
+
+# Ids name files, store objects and subjects: unsafe ones are refused where they enter a run.
+UNSAFE_IDS = ["../escape", "a/b", ".hidden"]
+RULE = "cannot be a task id: use 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit, and no '..'"
+
+
+class NamesItsOutput(ProcessingStage[DocumentBatch, DocumentBatch]):
+    def __init__(self, task_id: str):
+        self.task_id = task_id
+
+    def process(self, task: DocumentBatch) -> DocumentBatch:
+        return DocumentBatch(task_id=self.task_id, data=task.data)
+
+
+def _batch(task_id: str = "t1") -> DocumentBatch:
+    return DocumentBatch(task_id=task_id, data=pa.table({"text": ["a b"]}))
+
+
+@pytest.mark.parametrize("bad", UNSAFE_IDS)
+def test_a_stage_that_names_its_output_unsafely_is_refused(bad: str) -> None:
+    with pytest.raises(TaskIdError) as caught:
+        Pipeline("p", [NamesItsOutput(bad)]).run(initial_tasks=[_batch()])
+    assert str(caught.value) == f"stage 'NamesItsOutput' made a task whose id {bad!r} {RULE}"
+
+
+def test_a_stage_may_name_its_output_safely() -> None:
+    [out] = Pipeline("p", [NamesItsOutput("part-1.a_b")]).run(initial_tasks=[_batch()])
+    assert out.task_id == "part-1.a_b"
+
+
+@pytest.mark.parametrize("bad", UNSAFE_IDS)
+def test_an_initial_task_with_an_unsafe_id_is_refused(bad: str) -> None:
+    with pytest.raises(TaskIdError) as caught:
+        Pipeline("p", [AddLength()]).run(initial_tasks=[_batch(bad)])
+    assert str(caught.value) == f"initial task id {bad!r} {RULE}"
+
+
+@pytest.mark.parametrize("bad", UNSAFE_IDS)
+@pytest.mark.parametrize(
+    "make", [JsonlWriter, ParquetWriter, HashBucketWriter], ids=lambda c: c.__name__
+)
+def test_a_writer_never_names_a_file_after_an_unsafe_id(
+    bad: str, make: type[ProcessingStage[Any, Any]], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    writer = make(str(out))
+    task = DocumentBatch(task_id=bad, data=pa.table({"id": ["d"], "_hash": ["ab12cd34"], "text": ["a"]}))  # fmt: skip
+    with pytest.raises(TaskIdError) as caught:
+        writer.process(task)
+    assert str(caught.value) == f"stage '{writer.name}' was given a task whose id {bad!r} {RULE}"
+    assert list(tmp_path.rglob("*")) == []

@@ -6,11 +6,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-from gristmill.errors import GristmillError
+from gristmill.errors import GristmillError, TaskIdCollisionError
 from gristmill.stages import ProcessingStage
-from gristmill.tasks import EmptyTask, Task, content_task_id, drop_count
+from gristmill.tasks import EmptyTask, Task, check_task_id, content_task_id, drop_count
 
-__all__ = ["BaseExecutor", "StageTotals", "prepare_initial_tasks"]
+__all__ = ["BaseExecutor", "StageTotals", "TaskIdLedger", "prepare_initial_tasks"]
 
 AnyStage = ProcessingStage[Any, Any]
 AnyTask = Task[Any]
@@ -75,9 +75,36 @@ class StageTotals:
         self.wall_time_s += wall_time_s
 
 
+class TaskIdLedger:
+    """Which input made each output id of each step, over one run, so that two inputs making the
+    same id fail loudly instead of merging two tasks' data under one id.
+
+    One stage call cannot return an id twice (`run_stage` refuses it); this catches the same id
+    made by two calls. The Ray executors keep one ledger per run in a Ray actor that every worker
+    reports to (`gristmill.executors.ray_ledger`), so both inputs are known there too. It holds
+    one entry per output task of the run.
+    """
+
+    def __init__(self) -> None:
+        self._made_from: dict[tuple[int, str], str] = {}
+
+    def record(
+        self, step: int, stage_name: str, made: list[tuple[str, str]]
+    ) -> TaskIdCollisionError | None:
+        """Remember the (input id, output id) pairs of one call of step `step` (0-based);
+        returns, rather than raises, the error for an output id another input made first (so
+        that it crosses back from a Ray actor as a value)."""
+        for parent, task_id in made:
+            first = self._made_from.setdefault((step, task_id), parent)
+            if first != parent:
+                return TaskIdCollisionError(task_id, step, stage_name, first, parent)
+        return None
+
+
 def prepare_initial_tasks(initial_tasks: list[AnyTask] | None) -> list[AnyTask]:
     """The tasks a run starts from: one `EmptyTask` by default; tasks given without an id get
-    one from their content, so the same inputs always start the same lineage."""
+    one from their content, so the same inputs always start the same lineage. A given id must
+    be safe as a file name (`check_task_id`), and unique."""
     if initial_tasks is None:
         return [EmptyTask()]
     tasks = list(initial_tasks)
@@ -85,7 +112,9 @@ def prepare_initial_tasks(initial_tasks: list[AnyTask] | None) -> list[AnyTask]:
     for task in tasks:
         if not isinstance(task, Task):
             raise GristmillError(f"initial tasks must be Tasks, got {type(task).__name__}")
-        if not task.task_id:
+        if task.task_id:
+            check_task_id(task.task_id, where="initial task")
+        else:
             task.task_id = content_task_id(type(task).__qualname__, task.to_bytes().hex())
         if task.task_id in seen:
             raise GristmillError(f"two initial tasks share task_id {task.task_id!r}")

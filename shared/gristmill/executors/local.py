@@ -6,11 +6,17 @@ import logging
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from gristmill.errors import GristmillError, StageError
-from gristmill.executors.base import BaseExecutor, StageTotals, prepare_initial_tasks
-from gristmill.stages import NodeInfo, ProcessingStage, WorkerMetadata, run_stage
+from gristmill.executors.base import (
+    BaseExecutor,
+    StageTotals,
+    TaskIdLedger,
+    prepare_initial_tasks,
+)
+from gristmill.stages import NodeInfo, ProcessingStage, WorkerMetadata, run_stage_with_parents
 from gristmill.tasks import Task, drop_count
 
 __all__ = ["LocalExecutor"]
@@ -28,7 +34,8 @@ class LocalExecutor(BaseExecutor):
     read, so memory holds about one batch per stage rather than the whole dataset. Every stage is
     set up (`setup_on_node`, then `setup`) before the first task and torn down after the last,
     also when a stage fails. Outputs come back in a deterministic order. Per-step totals of the
-    last run are in `self.totals`, in step order. No config keys.
+    last run are in `self.totals`, in step order. An output id that two inputs of one step made
+    stops the run (`TaskIdCollisionError`). No config keys.
     """
 
     def execute(
@@ -46,8 +53,9 @@ class LocalExecutor(BaseExecutor):
                 _guard(stage, "setup", lambda s=stage: s.setup(worker))
                 ready.append(stage)
             stream: Iterator[AnyTask] = iter(tasks)
-            for stage, totals in zip(stages, self.totals, strict=True):
-                stream = self._through(stage, stream, totals)
+            ledger = TaskIdLedger()
+            for step, (stage, totals) in enumerate(zip(stages, self.totals, strict=True)):
+                stream = _Step(step, stage, totals, ledger).through(stream)
             outputs = list(stream)
         except BaseException:
             _tear_down(ready, quiet=True)  # the original error is the one worth seeing
@@ -55,26 +63,39 @@ class LocalExecutor(BaseExecutor):
         _tear_down(ready)
         return outputs
 
-    @classmethod
-    def _through(
-        cls, stage: AnyStage, upstream: Iterator[AnyTask], totals: StageTotals
-    ) -> Iterator[AnyTask]:
+
+@dataclass
+class _Step:
+    """One step of a run: its stage, its totals, and the run's ledger of output ids."""
+
+    index: int
+    stage: AnyStage
+    totals: StageTotals
+    ledger: TaskIdLedger
+
+    def through(self, upstream: Iterator[AnyTask]) -> Iterator[AnyTask]:
+        """The stage's outputs, called on `batch_size` tasks of `upstream` at a time."""
         batch: list[AnyTask] = []
         for task in upstream:
             batch.append(task)
-            if len(batch) == stage.batch_size:
-                yield from cls._call(stage, batch, totals)
+            if len(batch) == self.stage.batch_size:
+                yield from self.call(batch)
                 batch = []
         if batch:
-            yield from cls._call(stage, batch, totals)
+            yield from self.call(batch)
 
-    @staticmethod
-    def _call(stage: AnyStage, batch: list[AnyTask], totals: StageTotals) -> list[AnyTask]:
+    def call(self, batch: list[AnyTask]) -> list[AnyTask]:
+        """Run the stage on one batch; count it; refuse an output id another input made."""
         items_in = sum(t.num_items for t in batch)  # before the stage may change the tasks
         drops_in = sum(drop_count(t) for t in batch)
         started = time.perf_counter()
-        outputs = run_stage(stage, batch)
-        totals.add_call(batch, outputs, time.perf_counter() - started, items_in, drops_in)
+        made = run_stage_with_parents(self.stage, batch)
+        outputs = [task for _, task in made]
+        self.totals.add_call(batch, outputs, time.perf_counter() - started, items_in, drops_in)
+        pairs = [(parent, task.task_id) for parent, task in made]
+        collision = self.ledger.record(self.index, self.stage.name, pairs)
+        if collision is not None:
+            raise collision
         return outputs
 
 

@@ -3,7 +3,9 @@
 Tasks travel between steps as Arrow: each row of the dataset is one task, serialised with
 `Task.to_bytes()` (a JSON header and Arrow IPC, never pickle), so Ray Data moves them as ordinary
 binary blocks. Steps that set something up (`setup`, `setup_on_node`) run in actor pools that
-keep it; the others run as tasks. Outputs are returned sorted by task id.
+keep it; the others run as tasks. Every batch reports its output ids to the run's ledger actor,
+which stops the run when two inputs of a step make one id (`gristmill.executors.ray_ledger`).
+Outputs are returned sorted by task id.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from gristmill.executors.base import BaseExecutor, prepare_initial_tasks
 from gristmill.executors.gpus import gpu_memory_gb
 from gristmill.executors.placement import fit_cpus, gpu_request
 from gristmill.executors.ray_cluster import original_error, ray_session
-from gristmill.stages import FusedStage, NodeInfo, ProcessingStage, WorkerMetadata, run_stage
+from gristmill.executors.ray_ledger import run_and_record, run_ledger
+from gristmill.stages import FusedStage, NodeInfo, ProcessingStage, WorkerMetadata
 from gristmill.tasks import Task
 from gristmill.tasks.registry import registered_task_types
 
@@ -68,26 +71,32 @@ def _setup_on_node_once(stage: AnyStage, run_id: str, step: int) -> None:
 class _Worker:
     """Runs one step's stage on batches of serialised tasks (as a task, or as a pool actor)."""
 
-    def __init__(self, stage: AnyStage, task_types: list[type[Any]], run_id: str, step: int):
+    def __init__(
+        self, stage: AnyStage, task_types: list[type[Any]], run_id: str, step: int, ledger: Any
+    ):
         # Holding the task classes makes Ray bring them to this process (and register them)
         # before any task of theirs is decoded here.
         self.task_types = task_types
         self.stage = stage
+        self.step = step
+        self.ledger = ledger
         if _needs_actor(stage):
             _setup_on_node_once(stage, run_id, step)
             stage.setup(WorkerMetadata(worker_id=f"{os.getpid()}"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return encode(run_stage(self.stage, decode(batch)))
+        return encode(run_and_record(self.stage, decode(batch), self.step, self.ledger))
 
     def __del__(self) -> None:
         if _needs_actor(self.stage):
             self.stage.teardown()
 
 
-def _run_batch(batch: pa.Table, stage: AnyStage, task_types: list[type[Any]]) -> pa.Table:
+def _run_batch(
+    batch: pa.Table, stage: AnyStage, task_types: list[type[Any]], step: int, ledger: Any
+) -> pa.Table:
     """Run one step's stage on a batch of serialised tasks, as a stateless Ray task."""
-    return encode(run_stage(stage, decode(batch)))
+    return encode(run_and_record(stage, decode(batch), step, ledger))
 
 
 class RayDataExecutor(BaseExecutor):
@@ -112,7 +121,7 @@ class RayDataExecutor(BaseExecutor):
         tasks = prepare_initial_tasks(initial_tasks)
         if not tasks:
             return []
-        with ray_session():
+        with ray_session(), run_ledger() as ledger:
             import ray
             import ray.data
 
@@ -142,13 +151,20 @@ class RayDataExecutor(BaseExecutor):
                 if _needs_actor(stage):
                     dataset = dataset.map_batches(
                         _Worker,
-                        fn_constructor_args=(stage, task_types, run_id, step),
+                        fn_constructor_args=(stage, task_types, run_id, step, ledger),
                         compute=self._pool(stage, stage_cpus, cluster.get("CPU", 1.0)),
                         **options,
                     )
                 else:
                     dataset = dataset.map_batches(
-                        _run_batch, fn_kwargs={"stage": stage, "task_types": task_types}, **options
+                        _run_batch,
+                        fn_kwargs={
+                            "stage": stage,
+                            "task_types": task_types,
+                            "step": step,
+                            "ledger": ledger,
+                        },
+                        **options,
                     )
             try:
                 rows = dataset.take_all()  # the dataset runs here

@@ -2,8 +2,10 @@
 
 Each step becomes a xenna stage through a thin adapter: `setup_on_node` once per node, `setup`
 once per actor, `process_batch` through the same `run_stage` every executor uses (ids, lineage,
-perf stats), `teardown` when the actor goes. Outputs are returned sorted by task id, so a run's
-result never depends on which worker finished first.
+perf stats), `teardown` when the actor goes. Every call reports its output ids to the run's
+ledger actor, which stops the run when two inputs of a step make one id
+(`gristmill.executors.ray_ledger`). Outputs are returned sorted by task id, so a run's result
+never depends on which worker finished first.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from gristmill.executors.base import BaseExecutor, prepare_initial_tasks
 from gristmill.executors.gpus import gpu_memory_gb
 from gristmill.executors.placement import fit_cpus, gpu_request
 from gristmill.executors.ray_cluster import original_error, ray_session
-from gristmill.stages import NodeInfo, ProcessingStage, WorkerMetadata, run_stage
+from gristmill.executors.ray_ledger import run_and_record, run_ledger
+from gristmill.stages import NodeInfo, ProcessingStage, WorkerMetadata
 from gristmill.tasks import Task
 
 __all__ = ["XennaExecutor"]
@@ -26,8 +29,9 @@ log = logging.getLogger(__name__)
 AnyStage = ProcessingStage[Any, Any]
 
 
-def _adapter(stage: AnyStage, cpus: float, gpus: float) -> Any:
-    """A cosmos-xenna stage that runs `stage` (built lazily: xenna is an optional dependency)."""
+def _adapter(stage: AnyStage, step: int, ledger: Any, cpus: float, gpus: float) -> Any:
+    """A cosmos-xenna stage that runs `stage`, step `step` of the run whose output ids `ledger`
+    keeps (built lazily: xenna is an optional dependency)."""
     from cosmos_xenna.pipelines import v1 as pl
 
     class XennaStage(pl.Stage):  # type: ignore[type-arg]
@@ -52,7 +56,7 @@ def _adapter(stage: AnyStage, cpus: float, gpus: float) -> Any:
             self.stage.setup(WorkerMetadata(worker_id=worker_metadata.worker_id))
 
         def process_data(self, tasks: list[Task[Any]]) -> list[Task[Any]]:
-            return run_stage(self.stage, tasks)
+            return run_and_record(self.stage, tasks, step, ledger)
 
         def destroy(self) -> None:
             self.stage.teardown()
@@ -100,12 +104,12 @@ class XennaExecutor(BaseExecutor):
                 "XennaExecutor: execution_mode must be 'streaming' or 'batch', "
                 f"got {mode.lower()!r}"
             )
-        with ray_session(dashboard=True):
+        with ray_session(dashboard=True), run_ledger() as ledger:
             import ray
             from cosmos_xenna.pipelines import v1 as pl
 
             cluster: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            specs = self._stage_specs(stages, cluster, pl)
+            specs = self._stage_specs(stages, cluster, pl, ledger)
             config = pl.PipelineConfig(
                 execution_mode=pl.ExecutionMode[mode],
                 return_last_stage_outputs=True,
@@ -132,18 +136,20 @@ class XennaExecutor(BaseExecutor):
             return int(retries.get(step, 0))
         return int(retries)
 
-    def _stage_specs(self, stages: list[AnyStage], cluster: dict[str, float], pl: Any) -> list[Any]:
+    def _stage_specs(
+        self, stages: list[AnyStage], cluster: dict[str, float], pl: Any, ledger: Any
+    ) -> list[Any]:
         cpus = [s.resources.cpus for s in stages]
         if self.config.get("fit_cpus", True):
             share = float(self.config.get("cpu_allocation_percentage", 1.0))
             cpus = fit_cpus(cpus, cluster.get("CPU", 0.0) * share)
         card_gb = gpu_memory_gb()
         specs = []
-        for stage, stage_cpus in zip(stages, cpus, strict=True):
+        for step, (stage, stage_cpus) in enumerate(zip(stages, cpus, strict=True)):
             gpus = gpu_request(stage.name, stage.resources, cluster.get("GPU", 0.0), card_gb)
             specs.append(
                 pl.StageSpec(
-                    _adapter(stage, stage_cpus, gpus),
+                    _adapter(stage, step, ledger, stage_cpus, gpus),
                     num_workers=stage.num_workers(),
                     num_run_attempts_python=1 + self._retries(stage.name),
                 )

@@ -1,7 +1,8 @@
 """From the stages a user wrote to the steps an executor runs. Pure logic, no I/O.
 
 `build_plan` decomposes composite stages, checks that every stage's declared inputs are produced
-before it, and fuses runs of adjacent compatible stages into single steps (`can_fuse`).
+before it, and fuses runs of adjacent compatible stages into single steps (`fusion_break` says
+why a step ends where it does).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gristmill.errors import MissingInputError, PipelineBuildError
-from gristmill.stages import CompositeStage, FusedStage, ProcessingStage, can_fuse
+from gristmill.stages import CompositeStage, FusedStage, ProcessingStage, fusion_break
 
 __all__ = ["ANY_COLUMN", "PhysicalPlan", "PlanStep", "build_plan", "check_input_chain", "decompose"]
 
@@ -26,11 +27,13 @@ _TASK_ATTRIBUTES = {"task_id", "dataset_name", "data"}
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One physical step: a single stage, or several fused into a `FusedStage`."""
+    """One physical step: a single stage, or several fused into a `FusedStage`; `ends` says why
+    the next stage is not in it ("last stage", "fusion off", or a reason of `fusion_break`)."""
 
     index: int
     stage: AnyStage
     members: tuple[AnyStage, ...]
+    ends: str = ""
 
     @property
     def fused(self) -> bool:
@@ -51,8 +54,8 @@ class PhysicalPlan:
         return [step.stage for step in self.steps]
 
     def describe(self) -> str:
-        """A readable plan: steps, their resources and batch sizes, what each stage reads and
-        writes."""
+        """A readable plan: steps, their resources and batch sizes, why each ends where it does,
+        what each stage reads and writes."""
         width = max(len(s.name) for s in self.stages)
         lines = [
             f"Pipeline '{self.pipeline_name}': {len(self.stages)} stages in {len(self.steps)} steps"
@@ -60,9 +63,10 @@ class PhysicalPlan:
         for step in self.steps:
             stage = step.stage
             fused = "  (fused)" if step.fused else ""
+            ends = f"  ends: {step.ends}" if step.ends else ""
             lines.append(
                 f"  step {step.index + 1}  [{stage.resources.describe()}, "
-                f"batch_size={stage.batch_size}]{fused}"
+                f"batch_size={stage.batch_size}]{fused}{ends}"
             )
             for member in step.members:
                 reads = _names(member.inputs())
@@ -135,18 +139,23 @@ def build_plan(name: str, stages: Iterable[object], fuse: bool = True) -> Physic
     if not logical:
         raise PipelineBuildError(f"pipeline '{name}' has no stages")
     check_input_chain(logical)
-    groups: list[list[AnyStage]] = []
-    for stage in logical:
-        if fuse and groups and can_fuse(groups[-1][-1], stage):
+    groups: list[list[AnyStage]] = [[logical[0]]]
+    ends: list[str] = []
+    for stage in logical[1:]:
+        reason = fusion_break(groups[-1][-1], stage) if fuse else "fusion off"
+        if reason is None:
             groups[-1].append(stage)
         else:
+            ends.append(reason)
             groups.append([stage])
+    ends.append("last stage")
     steps = tuple(
         PlanStep(
             index=i,
             stage=group[0] if len(group) == 1 else FusedStage(group),
             members=tuple(group),
+            ends=end,
         )
-        for i, group in enumerate(groups)
+        for i, (group, end) in enumerate(zip(groups, ends, strict=True))
     )
     return PhysicalPlan(pipeline_name=name, stages=tuple(logical), steps=steps)

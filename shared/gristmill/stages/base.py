@@ -33,9 +33,11 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
     name: str = "ProcessingStage"
     resources: Resources = Resources()
     batch_size: int = 1
-    # True for a stage that splits one task into many independent ones (a source, a file
-    # partitioner): fusion ends the step after it, so executors can spread the pieces.
-    fans_out: bool = False
+    # Whether the stage splits one task into many independent ones (a source, a file
+    # partitioner): fusion ends the step after such a stage, so executors can spread the
+    # pieces over workers. None (the default) detects it from `process`'s annotations (see
+    # `gristmill.stages.execution.fan_out_reason`); True or False says so outright.
+    fans_out: bool | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -87,8 +89,8 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
         return results
 
     def with_(self, **overrides: Any) -> Self:
-        """A copy with some settings changed (`name`, `resources`, `batch_size`, or any
-        constructor parameter); the original stays as it was."""
+        """A copy with some settings changed (`name`, `resources`, `batch_size`, `fans_out`, or
+        any constructor parameter); the original stays as it was."""
         allowed = set(STAGE_SETTINGS) | set(init_param_names(type(self))) | set(vars(self))
         unknown = sorted(k for k in overrides if k not in allowed or k.startswith("_"))
         if unknown:
@@ -105,7 +107,8 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
         return clone
 
     def check_settings(self) -> None:
-        """Raise `PipelineBuildError` if `name`, `resources` or `batch_size` is unusable."""
+        """Raise `PipelineBuildError` if `name`, `resources`, `batch_size` or `fans_out` is
+        unusable."""
         if not isinstance(self.name, str) or not self.name:
             raise PipelineBuildError(
                 f"{type(self).__name__}: name must be a non-empty string, got {self.name!r}"
@@ -121,6 +124,11 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
         if self.batch_size < 1:
             raise PipelineBuildError(
                 f"stage '{self.name}': batch_size must be >= 1, got {self.batch_size}"
+            )
+        if self.fans_out is not None and not isinstance(self.fans_out, bool):
+            raise PipelineBuildError(
+                f"stage '{self.name}': fans_out must be True, False or None (detect it), "
+                f"got {self.fans_out!r}"
             )
 
     def get_params(self) -> dict[str, Any]:

@@ -2,6 +2,15 @@
 
 Every `Task` subclass registers itself when its class statement runs; decoding a task of a class
 whose module was never imported in this process fails with a message saying so.
+
+Classes defined in a script (`__main__`) reach Ray's workers by value, through cloudpickle, which
+rebuilds such a class in two steps: it makes an empty class of that name (running
+`Task.__init_subclass__`, which registers it), then fills that class in — or, when the process
+already has the class (the driver that sent it, a worker that got it earlier), throws the empty
+one away and uses the class it has. The registry must end up with the class cloudpickle keeps,
+never with the empty one, which lacks every method (e.g. `num_items`) and cannot be
+instantiated. So each registered class carries a `_Registration` whose unpickling, which
+cloudpickle does after choosing the class, registers the chosen class again.
 """
 
 from __future__ import annotations
@@ -14,6 +23,9 @@ __all__ = ["register_task_type", "registered_task_types", "task_type", "task_typ
 
 _TASK_TYPES: dict[str, type[Any]] = {}
 
+# The class attribute holding a class's `_Registration`.
+_REGISTRATION = "_gristmill_registration"
+
 
 def task_type_name(cls: type[Any]) -> str:
     """The registry key of a task class: `module:QualName`."""
@@ -23,6 +35,24 @@ def task_type_name(cls: type[Any]) -> str:
 def register_task_type(cls: type[Any]) -> None:
     """Make `cls` decodable. A later class with the same path (a reloaded module) replaces it."""
     _TASK_TYPES[task_type_name(cls)] = cls
+    setattr(cls, _REGISTRATION, _Registration(cls))
+
+
+class _Registration:
+    """Travels in the state of a class pickled by value and registers, when unpickled, the
+    class that state is being applied to (see the module docstring)."""
+
+    def __init__(self, cls: type[Any]):
+        self.cls = cls
+
+    def __reduce__(self) -> tuple[Any, tuple[type[Any]]]:
+        return _register_again, (self.cls,)
+
+
+def _register_again(cls: type[Any]) -> _Registration:
+    register_task_type(cls)
+    registration: _Registration = getattr(cls, _REGISTRATION)
+    return registration
 
 
 def task_type(name: str) -> type[Any]:

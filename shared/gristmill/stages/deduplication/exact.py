@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from gristmill import fs
 from gristmill.stages.base import ProcessingStage
 from gristmill.stages.resources import WorkerMetadata
-from gristmill.tasks import DocumentBatch, FileGroupTask, record_drops
+from gristmill.tasks import DocumentBatch, FileGroupTask, check_task_id, record_drops
 
 __all__ = [
     "DuplicateFinder",
@@ -100,6 +100,8 @@ class HashBucketWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
 
     def process(self, task: DocumentBatch) -> FileGroupTask:
         """One small Parquet file per non-empty bucket."""
+        # The id names files: never let one such as "../x" choose where they go.
+        check_task_id(task.task_id, where=f"stage '{self.name}' was given a task whose")
         table = task.to_pyarrow().select([self.id_field, self.hash_field])
         table = table.rename_columns(["id", "hash"]).cast(
             pa.schema([("id", pa.string()), ("hash", pa.string())])

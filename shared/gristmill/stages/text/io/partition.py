@@ -74,7 +74,6 @@ class FilePartitioningStage(ProcessingStage[EmptyTask, FileGroupTask]):
     """
 
     name = "file_partitioning"
-    fans_out = True
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from gristmill import fs
 from gristmill.errors import GristmillError
 from gristmill.stages.base import ProcessingStage
-from gristmill.tasks import DocumentBatch, FileGroupTask, drop_groups, iter_drops
+from gristmill.tasks import DocumentBatch, FileGroupTask, check_task_id, drop_groups, iter_drops
 
 __all__ = ["BaseWriter", "JsonlWriter", "ParquetWriter", "WriteMode"]
 
@@ -61,6 +61,9 @@ class BaseWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
 
     def process(self, task: DocumentBatch) -> FileGroupTask:
         """Write the batch (and its drop records); return the data file written."""
+        # Executors check ids when tasks are made; a writer that is handed a task directly
+        # must still never let an id such as "../x" choose where a file goes.
+        check_task_id(task.task_id, where=f"stage '{self.name}' was given a task whose")
         written: list[str] = []
         if task.num_items:
             table = task.to_pyarrow()
