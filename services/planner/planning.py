@@ -225,7 +225,8 @@ def _check_input_paths(raw: dict[str, Any], roots: tuple[str, ...]) -> None:
                 if not any(within(fixed, root) for root in roots):
                     raise Rejected(
                         f"stage #{position} '{entry['stage']}': {key} {path!r} is outside the "
-                        f"input roots this service lets the team read ({', '.join(roots)})"
+                        f"input roots this service lets the team read ({', '.join(roots)}; "
+                        f"GRISTMILL_INPUT_ROOTS sets them)"
                     )
 
 

@@ -23,6 +23,7 @@ def test_gristmill_run_starts_a_service_runs_the_pipeline_and_stops_it(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GRISTMILL_NATS_URL", raising=False)
     monkeypatch.setenv("GRISTMILL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRISTMILL_INPUT_ROOTS", f"{ROOT},{tmp_path}")
     spec = str(ROOT / "examples" / "pipelines" / "quality.yaml")
 
     assert main(["run", spec, "--input", str(ROOT / "examples" / "data"), "--output", "out"]) == 0

@@ -12,6 +12,20 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+
+from gristmill import DocumentBatch, Pipeline
+from gristmill.bus import DataRef, TaskEntry, TaskManifest
+from gristmill.bus.jobs import assignment_key, consumer_name, worker_key
+from gristmill.bus.streams import TeamLayout
+from gristmill.bus.subjects import event_subject, task_subject
+from gristmill.cli import main
+from gristmill.client import ServiceClient
+from gristmill.embedded import EmbeddedService
+from gristmill.errors import GristmillError
+from gristmill.executors.local import LocalExecutor
+from gristmill.executors.service import JobFailed, ServiceExecutor
+from gristmill.stages.text.io import JsonlReader, JsonlWriter
+
 from service_helpers import (
     client_call,
     doc_ids,
@@ -30,19 +44,6 @@ from service_stages import (
     RecordCalls,
     SameId,
 )
-
-from gristmill import DocumentBatch, Pipeline
-from gristmill.bus import DataRef, TaskEntry, TaskManifest
-from gristmill.bus.jobs import assignment_key, consumer_name, worker_key
-from gristmill.bus.streams import TeamLayout
-from gristmill.bus.subjects import event_subject, task_subject
-from gristmill.cli import main
-from gristmill.client import ServiceClient
-from gristmill.embedded import EmbeddedService
-from gristmill.errors import GristmillError
-from gristmill.executors.local import LocalExecutor
-from gristmill.executors.service import JobFailed, ServiceExecutor
-from gristmill.stages.text.io import JsonlReader, JsonlWriter
 
 pytestmark = pytest.mark.integration
 
@@ -175,11 +176,11 @@ def test_unreadable_and_forged_messages_are_dead_lettered_naming_why_and_the_job
         (
             "other",
             DataRef(uri=f"{store_root}/other/j1/0/x.tasks", rows=1, bytes=10, sha256="0" * 64),
-        ),  # fmt: skip
+        ),
         (
             "escape",
             DataRef(uri=f"{store_root}/default/../other/x.tasks", rows=1, bytes=1, sha256="0" * 64),
-        ),  # fmt: skip
+        ),
     ]
 
     async def publish_untrusted(client: ServiceClient) -> None:

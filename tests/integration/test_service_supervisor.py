@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import client_call, doc_ids, fifos, finished, read_fifo, run_in_thread, until
-from service_stages import GateOn
 
 from gristmill import Pipeline
 from gristmill.embedded import EmbeddedService
 from gristmill.executors.service import ServiceExecutor
 from gristmill.stages.text.io import JsonlReader, JsonlWriter
+
+from service_helpers import client_call, doc_ids, fifos, finished, read_fifo, run_in_thread, until
+from service_stages import GateOn
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

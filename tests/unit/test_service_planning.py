@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from gristmill.bus import JobOptions, JobSpec, StepInfo, TaskEntry, TaskManifest
+from gristmill.bus import DataRef, JobOptions, JobSpec, StepInfo, TaskEntry, TaskManifest
 from gristmill.bus.jobs import job_id_for
 from gristmill.pipeline.portable import CodeBlob
 from gristmill.stages import registered_stage_names
@@ -423,3 +423,44 @@ def test_a_rejected_submission_writes_nothing(store: TaskStore, out: Path) -> No
     with pytest.raises(Rejected, match=re.escape("stage #2 'ScoreFilter': bad params: invert")):
         plan_job(spec, store, str(out), trust_code=False)
     assert not Path(store.root).exists()
+
+
+@pytest.mark.parametrize("inputs", ["/etc", "{tmp}/data/../../etc/passwd", "{tmp}/other/*.jsonl"])
+def test_inputs_outside_the_input_roots_are_rejected_naming_the_setting(
+    store: TaskStore, out: Path, tmp_path: Path, inputs: str
+) -> None:
+    path = inputs.format(tmp=tmp_path)
+    (tmp_path / "data").mkdir()
+    spec = submission(out, inputs=[path])
+    with pytest.raises(Rejected) as caught:
+        _plan_job(spec, store, str(out), trust_code=False, input_roots=[str(tmp_path / "data")])
+    assert str(caught.value) == (
+        f"stage #1 'JsonlReader': file_paths {path!r} is outside the input roots this service "
+        f"lets the team read ({tmp_path / 'data'}; GRISTMILL_INPUT_ROOTS sets them)"
+    )
+
+
+def test_without_input_roots_a_job_reads_only_under_its_output_root(
+    store: TaskStore, out: Path
+) -> None:
+    with pytest.raises(Rejected, match=r"file_paths .* is outside the input roots this service lets the team read \(.*/out; GRISTMILL_INPUT_ROOTS sets them\)"):  # fmt: skip
+        _plan_job(submission(out), store, str(out), trust_code=False)
+
+
+def test_an_output_that_climbs_out_of_its_root_is_rejected(store: TaskStore, out: Path) -> None:
+    climbing = f"{out}/a/../../elsewhere"
+    assert rejection(submission(out, output=climbing), store, out) == (
+        f"stage #10 'JsonlWriter': path {climbing!r} is outside the output root {out} this "
+        f"service lets the team write to"
+    )
+    url = submission(out, output="memory://out/web/../other")
+    assert rejection(url, store, "memory://out/web").startswith(
+        "stage #10 'JsonlWriter': path 'memory://out/web/../other' is outside the output root"
+    )
+
+
+def test_an_initial_task_outside_the_teams_store_is_rejected(store: TaskStore, out: Path) -> None:
+    pipeline = {"name": "toy", "stages": [{"stage": "AddLength"}]}
+    forged = DataRef(uri="/etc/passwd", rows=1, bytes=1, sha256="0" * 64)
+    spec = submission(out, pipeline=pipeline, inputs=[], output=None, initial=[forged], initial_ids=["t"])  # fmt: skip
+    assert rejection(spec, store, out) == "initial task '/etc/passwd' is not in team web's store"

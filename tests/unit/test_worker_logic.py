@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -119,7 +120,7 @@ def test_a_task_with_more_outputs_than_a_message_holds_lists_them_in_parts() -> 
     ]
     assert [c.task_id for c in children] == raw["output_ids"]
     assert all(not p.outputs for p in parts)
-    last, none, last_parts = results_of(manifest, [raw], last=True)
+    _, none, last_parts = results_of(manifest, [raw], last=True)
     assert none == []
     assert [len(p.outputs) for p in last_parts] == [IDS_PER_PART, IDS_PER_PART, 5]
 
@@ -191,7 +192,7 @@ def test_a_fault_plan_kills_at_the_seeded_visit_of_each_incarnation_until_its_li
     assert only.at_point("planner.started")
 
 
-def test_a_once_fault_kills_one_process_whatever_restarts(tmp_path: pytest.TempPathFactory) -> None:
+def test_a_once_fault_kills_one_process_whatever_restarts(tmp_path: Path) -> None:
     marker = f"{tmp_path}/killed-once"
     plans = [FaultPlan(f"kill_at=1,once={marker}", "planner", n) for n in range(3)]
     assert [plan.at_point("planner.started") for plan in plans] == [True, False, False]
