@@ -4,7 +4,7 @@ BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 PYTEST    ?= $(BIN)/pytest
 
-.PHONY: demo test test-gpu lint format venv clean
+.PHONY: demo test test-gpu chaos lint format venv clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,13 @@ demo: $(STAMP)
 	$(BIN)/gristmill run examples/pipelines/quality.yaml --input examples/data --output out/quality
 
 # GPU tests are deselected here: CI and this machine have no GPU. `make test-gpu` runs them.
+# The whole fault suite (marker `slow`) is `make chaos`; a CI-sized part of it runs here.
 test: $(STAMP)
-	$(PYTEST) -m "not gpu"
+	$(PYTEST) -m "not gpu and not slow"
+
+# Every fault scenario over many seeds (>= 1,000 injected faults; about half an hour).
+chaos: $(STAMP)
+	$(PYTEST) -m chaos tests/chaos tests/integration
 
 test-gpu: $(STAMP)
 	$(PYTEST) -m gpu

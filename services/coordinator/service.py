@@ -19,8 +19,9 @@ import logging
 import time
 from typing import Any
 
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsMessage
 
+from gristmill import faults
 from gristmill.bus import (
     ApiReply,
     DeadLetter,
@@ -36,6 +37,7 @@ from gristmill.bus import (
     WorkerState,
     peek,
 )
+from gristmill.bus.broker import service_broker
 from gristmill.bus.client import Publisher
 from gristmill.bus.jobs import (
     archived_key,
@@ -56,7 +58,7 @@ from gristmill.bus.subjects import (
     team_subjects,
 )
 from gristmill.config import ServiceSettings
-from gristmill.loops import keep_running
+from gristmill.loops import LoopSet
 from gristmill.store import TaskStore
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
 
@@ -76,7 +78,7 @@ class CoordinatorService:
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
         self.store = TaskStore(settings.store_root)
-        self.broker = NatsBroker(settings.nats_url, logger=None)
+        self.broker = service_broker(settings.nats_url, self._reconnected)
         self.jobs: dict[str, dict[str, JobTracker]] = {team: {} for team in settings.teams}
         self.workers: dict[str, dict[str, WorkerState]] = {team: {} for team in settings.teams}
         self._assigned: dict[str, dict[str, str]] = {team: {} for team in settings.teams}
@@ -86,7 +88,7 @@ class CoordinatorService:
         self._archived: dict[str, int] = dict.fromkeys(settings.teams, 0)
         self._wake = asyncio.Event()
         self._caught_up = {team: asyncio.Event() for team in settings.teams}
-        self._loops: list[asyncio.Task[None]] = []
+        self._loops = LoopSet(log)
         self._kv: dict[tuple[str, str], Any] = {}
         self._publisher: Publisher | None = None
         for team in settings.teams:
@@ -106,28 +108,21 @@ class CoordinatorService:
             for purpose in ("jobs", "assignments", "workers", "done"):
                 self._kv[team, purpose] = await self._js.key_value(layout.bucket(purpose))
             self._archived[team] = await self._count_archived(team)
-            self._loops.append(
-                keep_running(f"events of {team}", functools.partial(self._follow_events, team), log)
-            )
-            self._loops.append(
-                keep_running(
-                    f"workers of {team}", functools.partial(self._follow_workers, team), log
-                )
-            )
-        self._loops.append(keep_running("assign", self._assign_loop, log))
-        self._loops.append(keep_running("flush", self._flush_loop, log))
-        self._loops.append(keep_running("gc", self._gc_loop, log))
+            self._loops.start(f"events of {team}", functools.partial(self._follow_events, team))
+            self._loops.start(f"workers of {team}", functools.partial(self._follow_workers, team))
+        self._loops.start("assign", self._assign_loop)
+        self._loops.start("flush", self._flush_loop)
+        self._loops.start("gc", self._gc_loop)
         log.info("coordinator ready for teams %s", ", ".join(self.settings.teams))
 
     async def before_stop(self) -> None:
         """Stop the loops and write what is not written yet."""
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._loops.stop()
         with contextlib.suppress(Exception):
             await self._flush()
+
+    async def _reconnected(self) -> None:
+        await self._loops.restart()
 
     @property
     def _js(self) -> Any:
@@ -159,6 +154,7 @@ class CoordinatorService:
                 log.exception("event on %s could not be applied", msg.subject)
                 job = None
             self._applied[team] = msg.metadata.sequence.stream
+            faults.point("coordinator.applied")
             if replaying and msg.metadata.num_pending == 0:
                 replaying = False
                 await self._caught_up_with(team)
@@ -257,10 +253,12 @@ class CoordinatorService:
         mark = _mark(state)
         if tracker.announced != mark:
             await self._kv[team, "jobs"].put(state_key(job), state.to_json())
+            faults.point("coordinator.state_written")
             assert self._publisher is not None
             subject = event_subject(team, job, "job_state")
             await self._publisher.publish(subject, state, f"state.{job}.{mark}")
             tracker.announced = mark  # only now: a failed publish is tried again
+            faults.point("coordinator.announced")
             self._wake.set()
             await self._end_job(team, tracker)
             log.info(

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsMessage
 
 from gristmill import faults
 from gristmill.bus import (
@@ -36,6 +36,7 @@ from gristmill.bus import (
     MessageError,
     TaskManifest,
 )
+from gristmill.bus.broker import service_broker
 from gristmill.bus.client import Publisher
 from gristmill.bus.jobs import (
     JobRecord,
@@ -66,7 +67,7 @@ class PlannerService:
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
         self.store = TaskStore(settings.store_root)
-        self.broker = NatsBroker(settings.nats_url, logger=None)
+        self.broker = service_broker(settings.nats_url, self._reconnected)
         # One per team, kept: a pipeline's code is loaded once, not at every submission.
         self._loaders = {team: _team_loader(self.store, team) for team in settings.teams}
         self._publishing: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -92,6 +93,9 @@ class PlannerService:
         for team in self.settings.teams:
             await self._resume(team)
         log.info("planner ready for teams %s", ", ".join(self.settings.teams))
+
+    async def _reconnected(self) -> None:
+        log.info("connection back")
 
     async def before_stop(self) -> None:
         """Stop publishing (a planner started later finishes it)."""

@@ -35,9 +35,17 @@ from gristmill.bus.jobs import JobRecord, done_key, msg_id
 from gristmill.bus.subjects import dlq_subject, event_subject, parse_subject, task_subject
 from services.worker.outcome import child_manifests, results_of
 
-__all__ = ["Effects", "Work"]
+__all__ = ["Effects", "Failure", "Work"]
 
 log = logging.getLogger("gristmill.worker")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt at a task failed: the error, and its traceback."""
+
+    error: str
+    detail: str
 
 
 @dataclass
@@ -84,7 +92,7 @@ class Effects:
             return None
         delivered = msg.metadata.num_delivered
         if len(manifest.tasks) > 1 and delivered > 1:
-            await self.split(msg, manifest, {t.task_id: delivered - 1 for t in manifest.tasks})
+            await self.split(msg, manifest, record, {}, delivered_before=delivered - 1)
             return None
         work = Work(msg, manifest, delivered + manifest.tasks[0].attempts)
         limit = record.spec.options.max_deliver
@@ -131,23 +139,40 @@ class Effects:
         faults.point("worker.recorded")
         await self._announce(done, work.msg)
 
-    async def split(self, msg: Any, manifest: TaskManifest, spent: dict[str, int]) -> None:
-        """Publish a group's tasks one by one, each having spent `spent[id]` more attempts;
-        record the split; ack."""
+    async def split(
+        self,
+        msg: Any,
+        manifest: TaskManifest,
+        record: JobRecord,
+        failures: dict[str, Failure],
+        delivered_before: int = 0,
+    ) -> None:
+        """Publish a group's tasks one by one; record the split; ack. Every task has spent the
+        `delivered_before` earlier deliveries of the group, and one that failed this attempt
+        (`failures`) one more: if that was its last, it is dead-lettered here with its error."""
         job, step = manifest.job, manifest.step
-        singles = [
-            TaskManifest(
+        limit = record.spec.options.max_deliver
+        singles: list[TaskManifest] = []
+        letters: list[tuple[DeadLetter, TaskFailed]] = []
+        for task in manifest.tasks:
+            failure = failures.get(task.task_id)
+            spent = task.attempts + delivered_before + (failure is not None)
+            single = TaskManifest(
                 job=job,
                 step=step,
                 step_name=manifest.step_name,
                 key=task.task_id,
-                tasks=[task.model_copy(update={"attempts": task.attempts + spent[task.task_id]})],
+                tasks=[task.model_copy(update={"attempts": spent})],
             )
-            for task in manifest.tasks
-        ]
+            if failure is None or spent < limit:
+                singles.append(single)
+                continue
+            failed = self._failure(single, failure, spent)
+            letters.append((DeadLetter(manifest=single, failure=failed), failed))
         subject = task_subject(self.team, job, str(step))
         await self._publish([(subject, m, msg_id("task", job, step, m.key)) for m in singles])
         faults.point("worker.split_published")
+        await self._letters(msg, letters)
         ids = [task.task_id for task in manifest.tasks]
         await self._record(
             manifest, ManifestSplit(job=job, step=step, key=manifest.key, task_ids=ids)
@@ -175,17 +200,22 @@ class Effects:
 
     async def dead_letter(self, work: Work, error: str, detail: str) -> None:
         """Dead-letter a single task's manifest, announce `TaskFailed`, terminate the message."""
-        [entry] = work.manifest.tasks
-        failure = TaskFailed(
-            job=work.manifest.job,
-            step=work.manifest.step,
-            task_id=entry.task_id,
-            error=error,
-            traceback=detail,
-            attempts=work.attempt,
+        failed = self._failure(work.manifest, Failure(error, detail), work.attempt)
+        await self._letters(
+            work.msg, [(DeadLetter(manifest=work.manifest, failure=failed), failed)]
+        )
+        await work.msg.term()
+
+    def _failure(self, single: TaskManifest, failure: Failure, attempts: int) -> TaskFailed:
+        return TaskFailed(
+            job=single.job,
+            step=single.step,
+            task_id=single.tasks[0].task_id,
+            error=failure.error,
+            traceback=failure.detail,
+            attempts=attempts,
             worker=self.worker,
         )
-        await self._letter(work.msg, DeadLetter(manifest=work.manifest, failure=failure), [failure])
 
     async def unreadable(self, msg: Any, error: str) -> None:
         """A message no manifest can be read from (another schema version, or damaged): kept as
@@ -210,26 +240,34 @@ class Effects:
             for task_id in ids
         ]
         text = msg.data[:65536].decode("utf-8", "replace")
-        await self._letter(
-            msg, DeadLetter(raw=text, subject=msg.subject, failure=failures[0]), failures
-        )
+        letter = DeadLetter(raw=text, subject=msg.subject, failure=failures[0])
+        await self._letters(msg, [(letter, f) for f in failures])
+        await msg.term()
 
-    async def _letter(self, msg: Any, letter: DeadLetter, failures: list[TaskFailed]) -> None:
-        # Keyed by the delivered message (its stream sequence): a retried dead letter that fails
-        # again is a new dead letter, while a repeat of this very step is dropped as a duplicate.
+    async def _letters(self, msg: Any, letters: list[tuple[DeadLetter, TaskFailed]]) -> None:
+        """Each dead letter (once per manifest), then each `TaskFailed`. Keyed by the delivered
+        message (its stream sequence): a retried dead letter that fails again is a new dead
+        letter, while a repeat of this very step is dropped as a duplicate."""
+        if not letters:
+            return
         seq = msg.metadata.sequence.stream
-        first = failures[0]
-        dlq = dlq_subject(self.team, first.job, str(first.step))
-        await self._publish(
-            [(dlq, letter, msg_id("dlq", first.job, first.step, f"{first.task_id}.{seq}"))]
-        )
+        dead: dict[str, tuple[str, DeadLetter, str]] = {}
+        for letter, f in letters:
+            mid = msg_id("dlq", f.job, f.step, f"{letter.failure.task_id}.{seq}")
+            dead[mid] = (dlq_subject(self.team, f.job, str(f.step)), letter, mid)
+        await self._publish(list(dead.values()))
         faults.point("worker.dead_lettered")
-        events = event_subject(self.team, first.job, "task_failed")
         await self._publish(
-            [(events, f, msg_id("failed", f.job, f.step, f"{f.task_id}.{seq}")) for f in failures]
+            [
+                (
+                    event_subject(self.team, f.job, "task_failed"),
+                    f,
+                    msg_id("failed", f.job, f.step, f"{f.task_id}.{seq}"),
+                )
+                for _, f in letters
+            ]
         )
         faults.point("worker.failure_announced")
-        await msg.term()
 
     async def _announce(self, done: TasksDone, msg: Any) -> None:
         subject = event_subject(self.team, done.job, "task_done")
@@ -264,6 +302,3 @@ class Effects:
 
     async def _publish(self, items: list[tuple[str, Message, str]]) -> None:
         await self.publisher.publish_many(items)
-        for subject, message, mid in items:
-            if faults.duplicate(f"publish {subject}"):  # a copy no duplicate window catches
-                await self.publisher.publish(subject, message, f"{mid}.dup")

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from gristmill import faults
+
 __all__ = ["KeepAlive", "Puller", "Slots"]
 
 log = logging.getLogger("gristmill.worker")
@@ -61,7 +63,7 @@ class KeepAlive:
         while True:
             await asyncio.sleep(every_s)
             for msg in self.msgs:
-                if not msg.is_acked:  # settled messages need nothing more
+                if not msg.is_acked and not faults.progress_lost("worker.keep_alive"):
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
 

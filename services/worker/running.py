@@ -23,7 +23,7 @@ from gristmill.executors.gpus import gpu_memory_gb
 from gristmill.executors.placement import gpu_request
 from gristmill.stages import Resources
 from services.worker.actors import ActorKey, ActorPool
-from services.worker.effects import Effects, Work
+from services.worker.effects import Effects, Failure, Work
 from services.worker.pulling import KeepAlive, Slots
 
 __all__ = ["BatchRunner", "Lost"]
@@ -93,9 +93,10 @@ class BatchRunner:
     ) -> None:
         tasks = work.manifest.tasks
         if isinstance(outcome, Lost):
-            if len(tasks) > 1:
-                spent = {t.task_id: int(outcome.hung in (None, "?", t.task_id)) for t in tasks}
-                await effects.split(work.msg, work.manifest, spent)
+            failure = Failure(outcome.error, outcome.detail)
+            if len(tasks) > 1:  # the task that hung, or, unknown, every one failed this attempt
+                hit = {t.task_id: failure for t in tasks if outcome.hung in (None, "?", t.task_id)}
+                await effects.split(work.msg, work.manifest, record, hit)
             else:
                 await effects.failed(work, record, outcome.error, outcome.detail)
             return
@@ -103,11 +104,12 @@ class BatchRunner:
         if all(r["ok"] for r in raw):
             await effects.finish(work, record, raw)
         elif len(tasks) > 1:
-            await effects.split(
-                work.msg,
-                work.manifest,
-                {t.task_id: int(not r["ok"]) for t, r in zip(tasks, raw, strict=True)},
-            )
+            failed = {
+                t.task_id: Failure(r["error"], r["traceback"])
+                for t, r in zip(tasks, raw, strict=True)
+                if not r["ok"]
+            }
+            await effects.split(work.msg, work.manifest, record, failed)
         else:
             await effects.failed(work, record, raw[0]["error"], raw[0]["traceback"])
 

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
 from typing import Any
 
-from faststream.nats import NatsBroker
-
 from gristmill.bus import WorkerState
+from gristmill.bus.broker import service_broker
 from gristmill.bus.client import Publisher
 from gristmill.bus.jobs import JobRecord, consumer_name, job_key
 from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.config import ServiceSettings
-from gristmill.loops import keep_running
+from gristmill.loops import LoopSet
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.assignments import Wanted, follow_assignments
 from services.worker.effects import Effects
@@ -60,7 +60,7 @@ class WorkerService:
         self.settings = settings
         self.pool = pool
         self.worker_id = worker_id or default_worker_id(pool)
-        self.broker = NatsBroker(settings.nats_url, logger=None)
+        self.broker = service_broker(settings.nats_url, self._reconnected)
         self.slots = Slots(slots)
         self.actors = ActorPool(idle_s=settings.idle_actor_s)
         self.runner = BatchRunner(settings, self.worker_id, self.slots, self.actors, self._wanted)
@@ -69,7 +69,7 @@ class WorkerService:
         self._records: dict[tuple[str, str], JobRecord] = {}
         self._effects: dict[str, Effects] = {}
         self._kv: dict[tuple[str, str], Any] = {}
-        self._loops: list[asyncio.Task[None]] = []
+        self._loops = LoopSet(log)
         self._heartbeat: Heartbeat | None = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -95,24 +95,28 @@ class WorkerService:
         await self._heartbeat.beat()
         for team in self.settings.teams:
             kv = self._kv[team, "assignments"]
-            follow = lambda kv=kv, team=team: follow_assignments(  # noqa: E731
-                kv, team, self.worker_id, self._on_assignment
+            follow = functools.partial(
+                follow_assignments, kv, team, self.worker_id, self._on_assignment
             )
-            self._loops.append(keep_running(f"assignments of {team}", follow, log))
-        self._loops.append(keep_running("heartbeat", self._heartbeat.run, log))
-        self._loops.append(keep_running("idle actors", self._reap_idle_actors, log))
+            self._loops.start(f"assignments of {team}", follow)
+        self._loops.start("heartbeat", self._heartbeat.run)
+        self._loops.start("idle actors", self._reap_idle_actors)
         log.info("worker %s (%s, %d slots) ready", self.worker_id, self.pool, self.slots.count)
 
     async def before_stop(self) -> None:
         """Leave: stop pulling, withdraw the heartbeat (tasks in flight are redelivered)."""
-        tasks = [*self._loops, *self._pullers.values()]
-        for task in tasks:
+        await self._loops.stop()
+        pullers = list(self._pullers.values())
+        for task in pullers:
             task.cancel()
-        for task in tasks:
+        for task in pullers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._heartbeat is not None:
             await self._heartbeat.withdraw()
+
+    async def _reconnected(self) -> None:
+        await self._loops.restart()
 
     @property
     def _js(self) -> Any:

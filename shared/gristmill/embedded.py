@@ -61,7 +61,8 @@ class EmbeddedService:
 
     `supervise=False` leaves dead children dead (for tests that restart them by hand);
     `child_env` adds environment variables for the children (the chaos suite's
-    `GRISTMILL_FAULTS`, say)."""
+    `GRISTMILL_FAULTS`, say); `restart_backoff_s` is the first and the longest wait before a
+    dead child is started again."""
 
     def __init__(
         self,
@@ -80,6 +81,7 @@ class EmbeddedService:
         stream_max_bytes: int | None = None,
         retention_s: float | None = None,
         idle_actor_s: float | None = None,
+        restart_backoff_s: tuple[float, float] = (FIRST_BACKOFF_S, MAX_BACKOFF_S),
     ):
         self.state_dir = Path(state_dir).resolve()
         self.workers = workers
@@ -93,6 +95,7 @@ class EmbeddedService:
         self.input_roots = input_roots
         self.supervise = supervise
         self.child_env = dict(child_env or {})
+        self.first_backoff_s, self.max_backoff_s = restart_backoff_s
         self._own_env: dict[str, dict[str, str]] = {}
         self._limits = {
             "stream_max_bytes": stream_max_bytes,
@@ -190,7 +193,7 @@ class EmbeddedService:
         with self._lock:
             child = self.children.get(name)
             if child is None:
-                child = self.children[name] = _Child(args)
+                child = self.children[name] = _Child(args, backoff_s=self.first_backoff_s)
             else:
                 child.incarnation += 1
             env = {
@@ -232,7 +235,7 @@ class EmbeddedService:
                 process = child.process
                 if process is not None and process.poll() is None:
                     if now - child.started_at > STABLE_S:
-                        child.backoff_s = FIRST_BACKOFF_S
+                        child.backoff_s = self.first_backoff_s
                     continue
                 if child.due_at is None:
                     status = process.returncode if process is not None else "?"
@@ -243,7 +246,7 @@ class EmbeddedService:
                         f"{name} exited with status {status}; starting it again in "
                         f"{child.backoff_s:.1f} s (restart {child.restarts + 1})"
                     )
-                    child.backoff_s = min(MAX_BACKOFF_S, child.backoff_s * 2)
+                    child.backoff_s = min(self.max_backoff_s, child.backoff_s * 2)
                     child.process = None
                 elif now >= child.due_at:
                     child.restarts += 1
@@ -293,7 +296,7 @@ class EmbeddedService:
                 while True:
                     self._check_alive()
                     try:
-                        await request(client.nc, self.teams[0], verb, timeout_s=1.0)
+                        await request(client.nc, self.teams[0], verb, timeout_s=1.0, wait_s=0)
                         break
                     except ServiceUnavailable:
                         await self._pause(deadline, f"the service to answer {verb}")

@@ -16,6 +16,8 @@ Off (one dictionary lookup per point) unless `GRISTMILL_FAULTS` is set, e.g.
 | `store_read=P`  | a store read returns damaged bytes (the checksum must catch it)               |
 | `dup=P`      | a publish is sent a second time under another msg id (a duplicate the stream      |
 |              | cannot drop: consumers must)                                                      |
+| `no_progress=P` | a keep-alive (`in_progress`) is not sent: with a short ack wait, a manifest    |
+|              | comes back to another worker while the first still runs (a redelivery storm)      |
 
 Decisions come from a generator seeded with `seed`, the process's role (`GRISTMILL_ROLE`) and its
 incarnation (`GRISTMILL_INCARNATION`, counted by the supervisor), so a failing run names what to
@@ -30,7 +32,15 @@ import random
 import signal
 import sys
 
-__all__ = ["FaultPlan", "active", "damaged", "duplicate", "point", "write_fails"]
+__all__ = [
+    "FaultPlan",
+    "active",
+    "damaged",
+    "duplicate",
+    "point",
+    "progress_lost",
+    "write_fails",
+]
 
 
 class FaultPlan:
@@ -52,7 +62,8 @@ class FaultPlan:
             self.kill_at = self.rng.randint(int(low), int(high or low))
         self.once = fields.get("once", "")
         self.visits = 0
-        self.rates = {k: float(fields.get(k, 0)) for k in ("store_write", "store_read", "dup")}
+        kinds = ("store_write", "store_read", "dup", "no_progress")
+        self.rates = {k: float(fields.get(k, 0)) for k in kinds}
 
     def report(self, kind: str, where: str) -> None:
         """Say, in the log, that a fault is injected here."""
@@ -125,6 +136,14 @@ def damaged(payload: bytes, where: str) -> bytes:
     _PLAN.report("store_read", where)
     index = _PLAN.rng.randrange(len(payload))
     return payload[:index] + bytes([payload[index] ^ 0xFF]) + payload[index + 1 :]
+
+
+def progress_lost(where: str) -> bool:
+    """Whether the keep-alive at `where` is to be left out."""
+    if _PLAN is not None and _PLAN.roll("no_progress"):
+        _PLAN.report("no_progress", where)
+        return True
+    return False
 
 
 def duplicate(where: str) -> bool:

@@ -1,18 +1,23 @@
 """Background loops that never die silently: `keep_running` restarts a loop that raised, with
-backoff and a log line naming it, for as long as its owner does not cancel it."""
+backoff and a log line naming it, for as long as its owner does not cancel it; a `LoopSet` holds
+a service's loops and starts them all afresh when its connection comes back (a subscription
+that outlived a server restart may never deliver again)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-__all__ = ["keep_running"]
+__all__ = ["LoopSet", "keep_running"]
+
+Loop = Callable[[], Awaitable[None]]
 
 
 def keep_running(
     name: str,
-    loop: Callable[[], Awaitable[None]],
+    loop: Loop,
     log: logging.Logger,
     first_delay_s: float = 0.1,
     max_delay_s: float = 10.0,
@@ -37,3 +42,38 @@ def keep_running(
             delay = min(max_delay_s, delay * 2)
 
     return asyncio.create_task(supervise(), name=name)
+
+
+class LoopSet:
+    """A service's named background loops, each kept running."""
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+        self._loops: dict[str, Loop] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, name: str, loop: Loop) -> None:
+        """Start `loop` under `name` (kept running until `stop`)."""
+        self._loops[name] = loop
+        self._tasks[name] = keep_running(name, loop, self.log)
+
+    async def restart(self) -> None:
+        """Stop every loop and start it again (after the connection came back)."""
+        self.log.info("connection back: starting %d loops afresh", len(self._loops))
+        await self._cancel()
+        for name, loop in self._loops.items():
+            self._tasks[name] = keep_running(name, loop, self.log)
+
+    async def stop(self) -> None:
+        """Stop every loop."""
+        await self._cancel()
+        self._loops.clear()
+
+    async def _cancel(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -131,6 +131,7 @@ class TaskStore:
                 payload = base64.b64decode(ref.inline, validate=True)
             except ValueError as exc:
                 raise StoreError(f"an inline task payload is not base64: {exc}") from exc
+            payload = faults.damaged(payload, "store.read inline")
             where = "an inline task payload"
         else:
             if not within(ref.uri, self.team_root(team)):

@@ -335,7 +335,7 @@ def test_a_dead_letter_retried_after_its_job_ended_reopens_the_job_and_ends_it_a
         1,
     )
     assert sorted(doc_ids(out)) == sorted(f"retry{p}-{n}" for p in range(3) for n in range(4))
-    assert client_call(service, consumers_gone)  # ended again, so cleaned up again
+    until(lambda: client_call(service, consumers_gone), "the consumers to go once it ended again")
 
 
 # -- 9. long id lists ---------------------------------------------------------------------------
@@ -402,3 +402,29 @@ def test_gc_archives_finished_jobs_leaving_a_summary_and_nothing_else(
     assert re.match(r"no jobs\n\(\d+ archived jobs not shown\)\nworkers: 2\n  cpu-0  cpu  [01]/1 slots busy  steps ", listing)  # fmt: skip
     assert main(["gc", "--older-than", "0"]) == 0
     assert capsys.readouterr().out == "archived 0 finished jobs\n"
+
+
+# -- 2. outputs never silently short ------------------------------------------------------------
+
+
+def test_outputs_whose_events_are_missing_are_an_error_not_a_shorter_list(
+    service: EmbeddedService, base: Path
+) -> None:
+    data = corpus(base / "lost", 3, 2)
+    executor = ServiceExecutor(service.url)
+    pipeline = Pipeline("lost", [JsonlReader(file_paths=str(data)), JsonlWriter(path=str(base / "lost-out"))])  # fmt: skip
+    assert len(pipeline.run(executor)) == 3
+    job = executor.job
+    assert job is not None
+
+    async def lose_the_announcements(client: ServiceClient) -> None:
+        await client.js.purge_stream(LAYOUT.events_stream, subject=event_subject("default", job, "task_done"))  # fmt: skip
+
+    client_call(service, lose_the_announcements)
+    with pytest.raises(GristmillError) as caught:
+        client_call(service, lambda c: c.outputs(job))
+    assert re.fullmatch(
+        rf"job {job}: task \w{{32}} of step 1 neither finished nor failed as far as the events "
+        r"stream says; its outputs cannot be read",
+        str(caught.value),
+    )

@@ -59,3 +59,33 @@ def test_clients_find_the_embedded_service_or_say_how_to_start_one(tmp_path: Pat
     (tmp_path / "service.json").write_text("{")
     with pytest.raises(GristmillError, match=r"service.json is damaged .*; run `gristmill down`"):
         discover_nats_url(tmp_path)
+
+
+def test_teams_whose_streams_would_be_shared_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(GristmillError) as caught:
+        ServiceSettings(nats_url="nats://x", state_dir=tmp_path, store_root="s", teams=("a-b", "a_b"))  # fmt: skip
+    assert str(caught.value) == (
+        "teams 'a-b' and 'a_b' would share streams and buckets (both become 'a_b'); rename one "
+        "of them"
+    )
+    ServiceSettings(nats_url="nats://x", state_dir=tmp_path, store_root="s", teams=("a-b", "ab"))
+
+
+def test_limits_and_roots_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRISTMILL_NATS_URL", "nats://h:1")
+    monkeypatch.setenv("GRISTMILL_INPUT_ROOTS", "/data, s3://bucket/in")
+    monkeypatch.setenv("GRISTMILL_STREAM_MAX_BYTES", "1048576")
+    monkeypatch.setenv("GRISTMILL_RETENTION_S", "60")
+    settings = ServiceSettings.from_env()
+    assert settings.input_roots == ("/data", "s3://bucket/in")
+    assert settings.readable_roots == ("/data", "s3://bucket/in")
+    assert (settings.stream_max_bytes, settings.retention_s) == (1 << 20, 60.0)
+    assert ServiceSettings.from_env().env()["GRISTMILL_INPUT_ROOTS"] == "/data,s3://bucket/in"
+    monkeypatch.setenv("GRISTMILL_RETENTION_S", "soon")
+    with pytest.raises(GristmillError, match=r"GRISTMILL_RETENTION_S must be a number, got 'soon'"):
+        ServiceSettings.from_env()
+    monkeypatch.delenv("GRISTMILL_RETENTION_S")
+    monkeypatch.delenv("GRISTMILL_INPUT_ROOTS")
+    assert ServiceSettings.from_env().readable_roots == (ServiceSettings.from_env().output_root,)

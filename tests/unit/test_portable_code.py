@@ -357,3 +357,69 @@ def test_an_entry_with_code_is_refused_without_a_loader(user: types.ModuleType) 
         stage_from_spec(StageSpec(stage="Shout", code=sha), 1)
     with pytest.raises(SpecError, match=re.escape(message)):
         Pipeline.from_spec(spec)
+
+
+@pytest.mark.parametrize(
+    "module", ["gristmill.tasks.document", "services.worker", "json", "pyarrow"]
+)
+def test_shipped_code_may_not_stand_in_for_an_installed_module(module: str) -> None:
+    blob = CodeBlob(module=module, source="x = 1\n")
+    loader, _ = loader_of(blob)
+    with pytest.raises(SpecError) as caught:
+        loader.module(blob.sha256)
+    assert str(caught.value) == (
+        f"code {blob.sha256[:12]} is module {module!r}, which is installed where the service "
+        f"runs; shipped code may not stand in for an installed module (rename the module that "
+        f"defines your classes)"
+    )
+
+
+def test_shipped_code_may_not_take_the_name_of_an_installed_task_class() -> None:
+    from gristmill.tasks.registry import task_type
+
+    source = (
+        "from gristmill.tasks import Task\n"
+        "class DocumentBatch(Task):\n"
+        "    __module__ = 'gristmill.tasks.document'\n"
+        "    def num_items(self): return 0\n"
+        "    def validate(self): return True\n"
+    )
+    blob = CodeBlob(module="innocent_looking", source=source)
+    loader, _ = loader_of(blob)
+    with pytest.raises(SpecError) as caught:
+        loader.module(blob.sha256)
+    assert str(caught.value) == (
+        f"code {blob.sha256[:12]} defines the task class gristmill.tasks.document:DocumentBatch, "
+        f"which this process has from its installed code; rename the class or its module"
+    )
+    assert task_type("gristmill.tasks.document:DocumentBatch") is DocumentBatch
+    assert scratch_module(blob.sha256) not in sys.modules
+
+
+def test_a_loader_keeps_the_modules_it_used_last_and_forgets_the_rest() -> None:
+    from gristmill.tasks.registry import registered_task_types
+
+    def task_module(n: int) -> CodeBlob:
+        source = (
+            "from gristmill.tasks import Task\n"
+            f"class Kept{n}(Task):\n"
+            "    def num_items(self): return 0\n"
+            "    def validate(self): return True\n"
+        )
+        return CodeBlob(module=f"rotating_{n}", source=source)
+
+    blobs = [task_module(n) for n in range(3)]
+    loader, fetched = loader_of(*blobs)
+    loader.max_modules = 2
+    first = loader.module(blobs[0].sha256)
+    loader.module(blobs[1].sha256)
+    loader.module(blobs[0].sha256)  # used again: now the most recent
+    loader.module(blobs[2].sha256)
+    assert loader.loaded == [blobs[0].sha256, blobs[2].sha256]
+    assert scratch_module(blobs[1].sha256) not in sys.modules
+    names = {f"{c.__module__}:{c.__qualname__}" for c in registered_task_types()}
+    assert "rotating_1:Kept1" not in names
+    assert {"rotating_0:Kept0", "rotating_2:Kept2"} <= names
+    loader.module(blobs[1].sha256)  # asked again: loaded again
+    assert fetched == [b.sha256 for b in (blobs[0], blobs[1], blobs[2], blobs[1])]
+    assert loader.module(blobs[0].sha256) is not first  # it was the least recent: unloaded

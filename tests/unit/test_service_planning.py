@@ -464,3 +464,16 @@ def test_an_initial_task_outside_the_teams_store_is_rejected(store: TaskStore, o
     forged = DataRef(uri="/etc/passwd", rows=1, bytes=1, sha256="0" * 64)
     spec = submission(out, pipeline=pipeline, inputs=[], output=None, initial=[forged], initial_ids=["t"])  # fmt: skip
     assert rejection(spec, store, out) == "initial task '/etc/passwd' is not in team web's store"
+
+
+def test_a_stage_sets_its_own_task_timeout_and_a_fused_step_takes_the_largest(
+    store: TaskStore, out: Path
+) -> None:
+    pipeline = quality()
+    pipeline["stages"][1]["with"] = {"task_timeout_s": 30}
+    pipeline["stages"][2]["with"] = {"task_timeout_s": 90}
+    planned = plan_job(submission(out, pipeline=pipeline), store, str(out), trust_code=False)
+    assert [s.task_timeout_s for s in planned.record.steps] == [None, 90.0]
+    plain = plan_job(submission(out, request_id="plain"), store, str(out), trust_code=False)
+    assert [s.task_timeout_s for s in plain.record.steps] == [None, None]  # the job's applies
+    assert plain.record.spec.options.task_timeout_s == 3600.0

@@ -89,7 +89,7 @@ def test_params_are_coerced_by_their_annotations() -> None:
 
 def test_bad_overrides_are_rejected_naming_the_stage() -> None:
     unknown = {"name": "p", "stages": [{"stage": "AddLength", "with": {"min_words": 3}}]}
-    with pytest.raises(StageParamsError, match=r"stage #1 'AddLength': 'with' accepts name, resources, batch_size, fans_out; got min_words"):  # fmt: skip
+    with pytest.raises(StageParamsError, match=r"stage #1 'AddLength': 'with' accepts name, resources, batch_size, fans_out, task_timeout_s; got min_words"):  # fmt: skip
         Pipeline.from_spec(unknown)
     negative = {
         "name": "p",

@@ -306,3 +306,18 @@ def test_fused_run_equals_the_unfused_run():
         ["Reader", "Split", "AddColumn"],
         ["Split", "AddColumn"],
     ]
+
+
+@pytest.mark.parametrize("bad", [0, -1, "soon", True])
+def test_a_task_timeout_is_a_positive_number_of_seconds_or_none(bad: object) -> None:
+    class Quick(ProcessingStage[Any, Any]):
+        def process(self, task: Any) -> Any:
+            return task
+
+    assert Quick().with_(task_timeout_s=2.5).task_timeout_s == 2.5
+    with pytest.raises(PipelineBuildError) as caught:
+        Quick().with_(task_timeout_s=bad)
+    assert str(caught.value) == (
+        f"stage 'Quick': task_timeout_s must be a number of seconds above 0 or None (the "
+        f"job's), got {bad!r}"
+    )

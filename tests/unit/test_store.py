@@ -137,3 +137,12 @@ def test_the_store_works_on_fsspec_urls() -> None:
     assert ref.uri.startswith("memory://gristmill-store-test/web/job1/0/t1.")
     assert store.get(ref, "web").num_items == 3
     assert store.delete_job("web", "job1") is True
+
+
+def test_two_attempts_on_an_object_store_keep_both_references_valid() -> None:
+    store = TaskStore("memory://gristmill-race-test")
+    first = store.put_tasks("web", "job1", 1, "k", [_task(width=6000)], inline=False)
+    second = store.put_tasks("web", "job1", 1, "k", [_task(width=7000)], inline=False)
+    assert first[0].uri != second[0].uri  # no check-then-write race can swap one for the other
+    assert store.get(first[0], "web").num_items == store.get(second[0], "web").num_items == 3
+    store.delete_job("web", "job1")

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from gristmill import faults
 from gristmill.bus.messages import ApiReply, Message
 from gristmill.bus.subjects import api_subject
 from gristmill.errors import GristmillError
@@ -108,6 +109,7 @@ class Publisher:
             (subject, data.to_json() if isinstance(data, Message) else data, mid)
             for subject, data, mid in items
         ]
+        copies = [(s, d, f"{m}.dup") for s, d, m in pending if faults.duplicate(f"publish {s}")]
         results: list[bool | None] = [None] * len(pending)
         todo = list(range(len(pending)))
         started = time.monotonic()
@@ -138,7 +140,9 @@ class Publisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.full_since = None
-        return [bool(r) for r in results]
+        if copies:  # a repeat no duplicate window catches: its consumers must tell
+            await self.publish_many(copies, headers)
+        return [bool(r) for r in results[: len(pending)]]
 
     async def _send(
         self, items: list[tuple[str, bytes, str]], headers: dict[str, str] | None
@@ -197,24 +201,37 @@ def _parse_ack(data: bytes) -> dict[str, Any]:
 
 
 async def request(
-    nc: Any, team: str, verb: str, message: Message | None = None, timeout_s: float = 30.0
+    nc: Any,
+    team: str,
+    verb: str,
+    message: Message | None = None,
+    timeout_s: float = 30.0,
+    wait_s: float = 10.0,
 ) -> ApiReply:
-    """Ask the service (`gm.<team>.api.<verb>`) and parse its reply."""
+    """Ask the service (`gm.<team>.api.<verb>`) and parse its reply. While nobody answers (a
+    service starting again after a crash, or reconnecting), ask again for up to `wait_s`."""
     from nats.errors import NoRespondersError, TimeoutError
 
     subject = api_subject(team, verb)
     payload = message.to_json() if message is not None else b"{}"
-    try:
-        answer = await nc.request(subject, payload, timeout=timeout_s)
-    except NoRespondersError:
-        raise ServiceUnavailable(
-            f"no gristmill service answers {subject}: is it running (`gristmill up`), and does "
-            f"it serve team {team!r}?"
-        ) from None
-    except TimeoutError:
-        raise ServiceUnavailable(
-            f"the service did not answer {subject} in {timeout_s:g} s"
-        ) from None
+    deadline = time.monotonic() + wait_s
+    delay = 0.1
+    while True:
+        try:
+            answer = await nc.request(subject, payload, timeout=timeout_s)
+            break
+        except NoRespondersError:
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable(
+                    f"no gristmill service answers {subject}: is it running (`gristmill up`), "
+                    f"and does it serve team {team!r}?"
+                ) from None
+            await asyncio.sleep(delay)
+            delay = min(1.0, delay * 2)
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"the service did not answer {subject} in {timeout_s:g} s"
+            ) from None
     return ApiReply.from_json(answer.data)
 
 

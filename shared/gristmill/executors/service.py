@@ -10,6 +10,7 @@ returns them.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from gristmill.bus import JobOptions, JobSpec, JobState
@@ -17,7 +18,7 @@ from gristmill.bus.jobs import job_id_for
 from gristmill.client import ServiceClient, new_request_id
 from gristmill.config import nats_url
 from gristmill.errors import GristmillError
-from gristmill.executors.base import BaseExecutor, StageTotals
+from gristmill.executors.base import BaseExecutor, StageTotals, prepare_initial_tasks
 from gristmill.pipeline.portable import portable_spec, task_blobs
 from gristmill.stages import FusedStage, ProcessingStage
 from gristmill.tasks import Task
@@ -84,7 +85,8 @@ class ServiceExecutor(BaseExecutor):
         members = [m for s in stages for m in (s.members if isinstance(s, FusedStage) else [s])]
         fuse = any(isinstance(s, FusedStage) for s in stages)
         spec, blobs = portable_spec("pipeline", members)
-        tasks = list(initial_tasks or [])
+        _absolute_paths(spec)
+        tasks = prepare_initial_tasks(initial_tasks) if initial_tasks is not None else []
         blobs.update(task_blobs(tasks))
         store = await client.store()
         for sha, blob in blobs.items():
@@ -132,3 +134,23 @@ class ServiceExecutor(BaseExecutor):
             )
             raise JobFailed(f"job {self.job}: {self.state.tasks_failed} task(s) failed{detail}")
         return await client.outputs(self.job)
+
+
+# Stage parameters naming local paths: the service resolves them where it runs, so a relative
+# one is made absolute here, where the user wrote it.
+_PATH_PARAMS = ("path", "drops_path", "output_path", "file_paths")
+
+
+def _absolute_paths(spec: dict[str, Any]) -> None:
+    for entry in spec.get("stages", []):
+        params = entry.get("params", {})
+        for key in _PATH_PARAMS:
+            value = params.get(key)
+            if isinstance(value, str):
+                params[key] = _absolute(value)
+            elif isinstance(value, list):
+                params[key] = [_absolute(v) if isinstance(v, str) else v for v in value]
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path or os.path.isabs(path) else os.path.abspath(path)

@@ -18,19 +18,27 @@ import importlib.util
 import json
 import linecache
 import sys
+import sysconfig
 import threading
 import types
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gristmill.errors import SpecError
+from gristmill.errors import GristmillError, SpecError
 from gristmill.pipeline.spec import PipelineSpec, stage_to_spec
 from gristmill.stages import ProcessingStage
 from gristmill.stages.registry import installed_stage_name, scratch_registrations
 from gristmill.tasks import Task
-from gristmill.tasks.registry import register_task_type
+from gristmill.tasks.registry import (
+    forget_task_types,
+    register_task_type,
+    task_type,
+    task_type_name,
+    task_types_by_name,
+)
 
 __all__ = ["CodeBlob", "CodeLoader", "module_blob", "portable_spec", "task_blobs"]
 
@@ -38,6 +46,8 @@ AnyStage = ProcessingStage[Any, Any]
 
 # Loading swaps the process's stage registry for a scratch one: one load at a time.
 _LOADING = threading.RLock()
+# Set on task classes that arrived as code, so later code may replace them (never others).
+_SHIPPED = "_gristmill_shipped"
 
 
 @dataclass(frozen=True)
@@ -112,15 +122,21 @@ def task_blobs(tasks: Iterable[Task[Any]]) -> dict[str, CodeBlob]:
 
 
 class CodeLoader:
-    """Loads blobs (fetched by SHA-256 with `fetch`) into this process, once each.
+    """Loads blobs (fetched by SHA-256 with `fetch`) into this process, once each, keeping the
+    `max_modules` used last (an always-on service sees new code every day; older modules are
+    unloaded, their task classes forgotten, and loaded again if a job asks).
 
     Names the loaded code registers as stages are forgotten (specs address its classes by
     blob and qualified name); its task classes are registered under their original class path.
+    Code may not stand in for what the process has installed: a blob naming a module of an
+    installed package (gristmill's own included), or defining a task class under a name an
+    installed module registered, is refused.
     """
 
-    def __init__(self, fetch: Callable[[str], bytes]):
+    def __init__(self, fetch: Callable[[str], bytes], max_modules: int = 64):
         self._fetch = fetch
-        self._modules: dict[str, types.ModuleType] = {}
+        self._modules: OrderedDict[str, types.ModuleType] = OrderedDict()
+        self.max_modules = max_modules
 
     def module(self, sha256: str) -> types.ModuleType:
         """The module blob `sha256` defines, loaded on first use (thread-safe)."""
@@ -128,7 +144,15 @@ class CodeLoader:
             if sha256 not in self._modules:
                 blob = CodeBlob.from_bytes(self._fetch(sha256), sha256)
                 self._modules[sha256] = _load(blob, sha256)
+                while len(self._modules) > self.max_modules:
+                    _unload(*self._modules.popitem(last=False))
+            self._modules.move_to_end(sha256)
             return self._modules[sha256]
+
+    @property
+    def loaded(self) -> list[str]:
+        """The blobs loaded now, least recently used first."""
+        return list(self._modules)
 
     def load_class(self, sha256: str, qualname: str) -> type:
         """The class `qualname` of blob `sha256` (a `ClassLoader` for `stage_from_spec`)."""
@@ -140,7 +164,41 @@ class CodeLoader:
         return found
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` (its top-level package) is gristmill's or comes from an installed
+    location: the standard library or site-packages."""
+    top = module.split(".", 1)[0]
+    if top in ("gristmill", "services") or top in sys.builtin_module_names:
+        return True
+    if top == "__main__":
+        return False
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    origin = spec.origin or ""
+    if origin in ("built-in", "frozen"):
+        return True
+    places = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(origin.startswith(place.rstrip("/") + "/") for place in places)
+
+
+def _unload(sha256: str, module: types.ModuleType) -> None:
+    """Forget a loaded blob: its module and the task classes it registered."""
+    classes = {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Task)}
+    forget_task_types(classes)
+    sys.modules.pop(f"_gristmill_code_{sha256[:16]}", None)
+
+
 def _load(blob: CodeBlob, sha256: str) -> types.ModuleType:
+    if _installed(blob.module):
+        raise SpecError(
+            f"code {sha256[:12]} is module {blob.module!r}, which is installed where the service "
+            f"runs; shipped code may not stand in for an installed module (rename the module "
+            f"that defines your classes)"
+        )
     name = f"_gristmill_code_{sha256[:16]}"
     spec = importlib.util.spec_from_loader(name, loader=None, origin=f"<code of {blob.module}>")
     assert spec is not None
@@ -150,17 +208,34 @@ def _load(blob: CodeBlob, sha256: str) -> types.ModuleType:
     module.__file__ = blob.path or filename  # scripts that find their data next to themselves
     # Tracebacks through this code show its lines, as they do for an imported module.
     linecache.cache[filename] = (len(blob.source), None, blob.source.splitlines(True), filename)
+    before = task_types_by_name()
     try:
         with scratch_registrations():
             exec(compile(blob.source, filename, "exec"), vars(module))
+        _keep_installed_classes(before, sha256)
+        _restore_module_name(list(vars(module).values()), name, blob.module)
     except Exception as exc:
         del sys.modules[name]
+        if isinstance(exc, SpecError):
+            raise
         raise SpecError(
             f"code {sha256[:12]} (module {blob.module!r}) failed to load: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    _restore_module_name(list(vars(module).values()), name, blob.module)
     return module
+
+
+def _keep_installed_classes(before: dict[str, type[Any]], sha256: str) -> None:
+    """Undo, and refuse, a class statement in shipped code that took the registry name of an
+    installed task class (a class body can name any `__module__`)."""
+    for name, cls in task_types_by_name().items():
+        held = before.get(name)
+        if held is not None and held is not cls and _installed(held.__module__):
+            register_task_type(held)
+            raise SpecError(
+                f"code {sha256[:12]} defines the task class {name}, which this process has "
+                f"from its installed code; rename the class or its module"
+            )
 
 
 def _restore_module_name(values: list[object], loaded_as: str, original: str) -> None:
@@ -170,5 +245,22 @@ def _restore_module_name(values: list[object], loaded_as: str, original: str) ->
         if isinstance(value, type) and value.__module__ == loaded_as:
             value.__module__ = original
             if issubclass(value, Task):
+                _claim(value)
                 register_task_type(value)
             _restore_module_name(list(vars(value).values()), loaded_as, original)
+
+
+def _claim(cls: type[Any]) -> None:
+    """Refuse a shipped task class whose name a class of an installed module holds."""
+    name = task_type_name(cls)
+    try:
+        holder = task_type(name)
+    except GristmillError:
+        holder = None
+    shipped = getattr(holder, _SHIPPED, False)
+    if holder is not None and holder is not cls and not shipped and _installed(holder.__module__):
+        raise SpecError(
+            f"shipped code defines the task class {name}, which this process has from its "
+            f"installed code; rename the class or its module"
+        )
+    setattr(cls, _SHIPPED, True)

@@ -5,7 +5,8 @@ description: optional words
 stages:
   - stage: WordCountFilter          # a registered stage name
     params: {min_words: 50}         # its constructor arguments, validated
-    with: {batch_size: 4}           # optional overrides: name, resources, batch_size, fans_out
+    with: {batch_size: 4}           # optional: name, resources, batch_size, fans_out,
+                                    # task_timeout_s
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from gristmill.tasks import Task
 __all__ = ["CompositeStage", "ProcessingStage"]
 
 # Settings every stage has besides its constructor parameters; `with_` and specs may change them.
-STAGE_SETTINGS = ("name", "resources", "batch_size", "fans_out")
+STAGE_SETTINGS = ("name", "resources", "batch_size", "fans_out", "task_timeout_s")
 
 
 class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
@@ -38,6 +38,9 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
     # pieces over workers. None (the default) detects it from `process`'s annotations (see
     # `gristmill.stages.execution.fan_out_reason`); True or False says so outright.
     fans_out: bool | None = None
+    # How long one task may run on the service before its attempt is stopped and counted as
+    # failed (None: the job's `task_timeout_s`). A hung stage must not hold a worker forever.
+    task_timeout_s: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -129,6 +132,14 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
             raise PipelineBuildError(
                 f"stage '{self.name}': fans_out must be True, False or None (detect it), "
                 f"got {self.fans_out!r}"
+            )
+        timeout = self.task_timeout_s
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise PipelineBuildError(
+                f"stage '{self.name}': task_timeout_s must be a number of seconds above 0 or "
+                f"None (the job's), got {timeout!r}"
             )
 
     def get_params(self) -> dict[str, Any]:

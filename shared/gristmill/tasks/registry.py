@@ -19,7 +19,14 @@ from typing import Any
 
 from gristmill.errors import TaskSerializationError
 
-__all__ = ["register_task_type", "registered_task_types", "task_type", "task_type_name"]
+__all__ = [
+    "forget_task_types",
+    "register_task_type",
+    "registered_task_types",
+    "task_type",
+    "task_type_name",
+    "task_types_by_name",
+]
 
 _TASK_TYPES: dict[str, type[Any]] = {}
 
@@ -70,3 +77,15 @@ def task_type(name: str) -> type[Any]:
 def registered_task_types() -> list[type[Any]]:
     """Every task class registered in this process."""
     return list(_TASK_TYPES.values())
+
+
+def task_types_by_name() -> dict[str, type[Any]]:
+    """A copy of the registry: name -> class."""
+    return dict(_TASK_TYPES)
+
+
+def forget_task_types(classes: set[type[Any]]) -> None:
+    """Unregister `classes` where they are the registered ones (their code was unloaded)."""
+    for name, cls in list(_TASK_TYPES.items()):
+        if cls in classes:
+            del _TASK_TYPES[name]

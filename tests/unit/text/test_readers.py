@@ -122,8 +122,37 @@ def test_a_requested_field_is_null_where_a_line_lacks_it_and_an_error_where_all_
         _read(path, fields=["text", "lang"])
 
 
-def test_lines_that_disagree_on_a_type_are_reported_for_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path / "a.jsonl", '{"text": "a", "n": 1}\n{"text": "b", "n": "one"}\n')
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '{"text": "a", "n": 1}\n\n{"text": "b", "n": null}\n{"text": "c", "n": "one"}\n',
+            "a.jsonl:4: field 'n' is string, but it was number on line 1",
+        ),
+        (
+            '{"text": "a", "n": 1}\n{"text": "b", "n": 2.5}\n{"text": "c", "n": true}\n',
+            "a.jsonl:3: field 'n' is boolean, but it was number on line 1",
+        ),
+        (
+            '{"m": {"k": "x"}}\n{"m": {"k": [1]}}\n',
+            "a.jsonl:2: field 'm.k' is array, but it was string on line 1",
+        ),
+    ],
+)
+def test_a_field_whose_type_changes_is_named_with_both_lines(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = _write(tmp_path / "a.jsonl", content)
+    for on_error in ("raise", "skip"):
+        with pytest.raises(DataFormatError) as caught:
+            _read(path, text_field=None, on_error=on_error)
+        assert str(caught.value) == (
+            f"jsonl_reader: {tmp_path}/{message} (a field keeps one type in a file)"
+        )
+
+
+def test_lines_that_disagree_inside_an_array_are_reported_for_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.jsonl", '{"text": "a", "n": [1]}\n{"text": "b", "n": ["one"]}\n')
     with pytest.raises(DataFormatError, match=r"a.jsonl: lines disagree on a field's type: .*changed from number to string"):  # fmt: skip
         _read(path)
 

@@ -8,6 +8,7 @@ file is read again line by line to name the exact line, and to skip it with `on_
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -31,8 +32,9 @@ class JsonlReaderStage(ReaderStage):
 
     Blank lines are ignored; an empty file gives no documents. Errors name the file and the
     1-based line: invalid UTF-8, malformed JSON, a line that is not an object, a missing text
-    field, a text field that is not a string. A requested field must appear in the file; a line
-    without it gets null there.
+    field, a text field that is not a string, a field whose type differs from the one an
+    earlier line gave it. A requested field must appear in the file; a line without it gets
+    null there.
     """
 
     name = "jsonl_reader"
@@ -62,23 +64,27 @@ class JsonlReaderStage(ReaderStage):
         return bool(is_text and column.null_count == 0)
 
     def _read_lines(self, path: str, raw: bytes, skipped: list[tuple[str, str]]) -> pa.Table | None:
-        good: list[bytes] = []
+        good: list[tuple[int, bytes]] = []
         for number, line in enumerate(raw.split(b"\n"), start=1):
             if not line.strip():
                 continue
             problem = self._problem(line)
             if problem is None:
-                good.append(line)
+                good.append((number, line))
             elif self.on_error == "skip":
                 skipped.append((f"{path}:{number}", problem))
             else:
                 raise self.fail(f"{path}:{number}", problem)
         if not good:
             return None
-        block = max(_BLOCK, 2 * max(len(line) for line in good))
+        block = max(_BLOCK, 2 * max(len(line) for _, line in good))
         try:
-            table = _parse(b"\n".join(good), block)
+            table = _parse(b"\n".join(line for _, line in good), block)
         except pa.ArrowInvalid as exc:  # each line is fine alone: the lines disagree on types
+            disagreement = _first_disagreement(good)
+            if disagreement is not None:
+                number, problem = disagreement
+                raise self.fail(f"{path}:{number}", problem) from exc
             raise self.fail(path, f"lines disagree on a field's type: {exc}") from exc
         self.check_fields(path, table.column_names)
         return self.select(table)
@@ -102,6 +108,31 @@ class JsonlReaderStage(ReaderStage):
             kind = json_type_name(record[self.text_field])
             return f"field '{self.text_field}' is {kind}, expected a string"
         return None
+
+
+def _first_disagreement(lines: list[tuple[int, bytes]]) -> tuple[int, str] | None:
+    """The first (line, problem) where a field's JSON type differs from the one it had on an
+    earlier line (null fits any type; fields of objects are named `outer.inner`); None when
+    no field does (the lines disagree inside an array)."""
+    first: dict[str, tuple[str, int]] = {}
+    for number, line in lines:
+        for field, kind in _field_kinds(json.loads(line)):
+            seen, where = first.setdefault(field, (kind, number))
+            if seen != kind:
+                return number, (
+                    f"field '{field}' is {kind}, but it was {seen} on line {where} (a field "
+                    f"keeps one type in a file)"
+                )
+    return None
+
+
+def _field_kinds(record: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for key, value in record.items():
+        if value is None:
+            continue
+        yield prefix + key, json_type_name(value)
+        if isinstance(value, dict):
+            yield from _field_kinds(value, f"{prefix}{key}.")
 
 
 def _parse(raw: bytes, block_size: int) -> pa.Table:

@@ -1,0 +1,23 @@
+"""The FastStream broker every service runs on, in one form: it reconnects for as long as it
+takes (a restarted or failed-over server must not end a service), and says when it is back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["service_broker"]
+
+
+def service_broker(url: str, reconnected: Callable[[], Awaitable[None]]) -> Any:
+    """A `NatsBroker` on `url` that never stops reconnecting and awaits `reconnected()` each
+    time the connection is back."""
+    from faststream.nats import NatsBroker
+
+    return NatsBroker(
+        url,
+        logger=None,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        reconnected_cb=reconnected,
+    )
