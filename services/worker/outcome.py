@@ -58,7 +58,7 @@ def results_of(
     parts: list[IdsPart] = []
     for entry, result in zip(manifest.tasks, raw, strict=True):
         ids: list[str] = result["output_ids"]
-        refs: list[DataRef] = result["refs"]
+        refs = [_ref(fields) for fields in result["refs"]]
         if not last:
             children += [
                 Child(task_id, dataset, ref, entry.task_id)
@@ -91,6 +91,16 @@ def results_of(
         ]
         results.append(TaskResult(task_id=entry.task_id, parts=len(starts), **counts))
     return results, children, parts
+
+
+def _ref(fields: DataRef | tuple[str, int, str, int, int, str, int]) -> DataRef:
+    """A ref from the actor's plain fields (the store made it: nothing to validate)."""
+    if isinstance(fields, DataRef):
+        return fields
+    uri, offset, inline, rows, size, sha256, part = fields
+    return DataRef.model_construct(
+        uri=uri, offset=offset, inline=inline, rows=rows, bytes=size, sha256=sha256, part=part
+    )
 
 
 def group_size_for(seconds_per_task: float | None) -> int:
@@ -127,14 +137,14 @@ def child_manifests(
         entry = TaskEntry(
             task_id=child.task_id, dataset=child.dataset, inputs=[child.ref], parents=[child.parent]
         )
-        if not child.ref.inline:
+        if not child.ref.inline and child.ref.part < 0:  # a large task: it travels alone
             manifests.append(
                 TaskManifest(
                     job=job, step=step, step_name=step_name, key=child.task_id, tasks=[entry]
                 )
             )
             continue
-        size = len(child.ref.inline) + 200
+        size = len(child.ref.inline) + len(child.ref.uri) + 200
         if group and (len(group) >= group_size or group_bytes + size > GROUP_MAX_BYTES):
             close()
         group.append(entry)

@@ -74,7 +74,8 @@ class KeepAlive:
 
 class Puller:
     """Fetches the manifests of one step while `share()` is above 0, handing each fetched
-    batch to `handle(key, msgs, keep_alive)`."""
+    batch to `handle(key, msgs, keep_alive)`. It holds at most `share() + 1` batches: one more
+    than may run at once, so that the next run need not wait for the last one's publishes."""
 
     def __init__(
         self,
@@ -109,7 +110,7 @@ class Puller:
         delay = 0.1
         try:
             while self.share() > 0:
-                if len(running) >= self.share():
+                if len(running) > self.share():
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 await self.slots.wait_free()

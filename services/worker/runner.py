@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from gristmill.bus import TaskManifest
+from gristmill.bus import DataRef, TaskManifest
 from gristmill.bus.jobs import JobRecord
 from gristmill.errors import GristmillError, StageError
 from gristmill.pipeline import Pipeline
@@ -93,7 +93,8 @@ class StepRunner:
         except GristmillError as exc:
             return [_failure(exc, traceback.format_exc()) for _ in manifest.tasks]
         for result, outputs in zip(results, made, strict=True):
-            result["refs"] = [next(refs) for _ in outputs]
+            # as plain fields: a tuple crosses the actor boundary cheaper than a model
+            result["refs"] = [_fields(next(refs)) for _ in outputs]
         return results
 
     def _task(self, inputs: list[Any]) -> tuple[dict[str, Any], list[Task[Any]]]:
@@ -118,6 +119,10 @@ class StepRunner:
             "items_dropped": max(0, sum(drop_count(out) for out in outputs) - drops_in),
             "wall_time_s": wall,
         }, outputs
+
+
+def _fields(ref: DataRef) -> tuple[str, int, str, int, int, str, int]:
+    return (ref.uri, ref.offset, ref.inline, ref.rows, ref.bytes, ref.sha256, ref.part)
 
 
 def _failure(exc: BaseException, detail: str) -> dict[str, Any]:

@@ -17,17 +17,31 @@ from __future__ import annotations
 import base64
 import hashlib
 import posixpath
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
+
+import pyarrow as pa
 
 from gristmill import faults, fs
 from gristmill.bus.messages import INLINE_MAX_BYTES, DataRef
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
 from gristmill.tasks import Task, check_task_id
+from gristmill.tasks.codec import TaskPayload, encode_tasks
 
 __all__ = ["StoreError", "TaskStore", "within"]
+
+
+def _small(task: Task[Any]) -> bool:
+    """Whether a task is small enough to share a payload with others."""
+    data = task.data
+    if isinstance(data, pa.Table):
+        return bool(data.nbytes <= INLINE_MAX_BYTES)
+    if data is None:
+        return True
+    return isinstance(data, list | dict | str) and len(repr(data)) <= INLINE_MAX_BYTES
 
 
 class StoreError(GristmillError):
@@ -54,8 +68,11 @@ def _local_path(path: str) -> str:
 class TaskStore:
     """Reads and writes task payloads under `root` (a path or fsspec URL)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, cached_payloads: int = 16):
         self.root = root.rstrip("/")
+        # Shared payloads read lately, decoded: a group's tasks read theirs once, not each.
+        self._payloads: OrderedDict[tuple[str, str], TaskPayload] = OrderedDict()
+        self._cached = cached_payloads
 
     def team_root(self, team: str) -> str:
         """Where everything of `team` lives."""
@@ -77,6 +94,10 @@ class TaskStore:
         """Store `tasks` (outputs of the manifest `key` at `step`); one ref each, in order.
         Small tasks go inline when `inline`; the others into one object."""
         check_task_id(key, "manifest key")
+        if inline and len(tasks) > 1 and all(_small(task) for task in tasks):
+            shared = encode_tasks(tasks)
+            if shared is not None:
+                return self._put_shared(team, job, step, key, tasks, shared)
         payloads = [task.to_bytes() for task in tasks]
         stored = [i for i, p in enumerate(payloads) if not (inline and len(p) <= INLINE_MAX_BYTES)]
         uri = ""
@@ -87,13 +108,7 @@ class TaskStore:
             for i in stored:
                 offsets[i] = position
                 position += len(payloads[i])
-            digest = hashlib.sha256(blob).hexdigest()[:16]
-            uri = fs.join(self.job_root(team, job), f"{step}/{key}.{digest}.tasks")
-            where = f"store.write {uri}"
-            try:
-                fs.write_once(uri, blob, fail_half_way=faults.write_fails(where))
-            except OSError as exc:
-                raise StoreError(f"writing {uri} failed: {exc}") from exc
+            uri = self._write(team, job, step, key, blob)
         refs = []
         for i, (task, payload) in enumerate(zip(tasks, payloads, strict=True)):
             digest = hashlib.sha256(payload).hexdigest()
@@ -115,6 +130,32 @@ class TaskStore:
             refs.append(ref)
         return refs
 
+    def _write(self, team: str, job: str, step: int | str, key: str, blob: bytes) -> str:
+        digest = hashlib.sha256(blob).hexdigest()[:16]
+        uri = fs.join(self.job_root(team, job), f"{step}/{key}.{digest}.tasks")
+        where = f"store.write {uri}"
+        try:
+            fs.write_once(uri, blob, fail_half_way=faults.write_fails(where))
+        except OSError as exc:
+            raise StoreError(f"writing {uri} failed: {exc}") from exc
+        return uri
+
+    def _put_shared(
+        self,
+        team: str,
+        job: str,
+        step: int | str,
+        key: str,
+        tasks: Sequence[Task[Any]],
+        payload: bytes,
+    ) -> list[DataRef]:
+        uri = self._write(team, job, step, key, payload)
+        digest = hashlib.sha256(payload).hexdigest()
+        return [
+            DataRef(uri=uri, part=k, rows=t.num_items, bytes=len(payload), sha256=digest)
+            for k, t in enumerate(tasks)
+        ]
+
     def put(self, team: str, job: str, step: int | str, task: Task[Any]) -> DataRef:
         """Store one task as an object of its own (never inline), keyed by its id."""
         [ref] = self.put_tasks(team, job, step, task.task_id, [task], inline=False)
@@ -122,7 +163,21 @@ class TaskStore:
 
     def get(self, ref: DataRef, team: str) -> Task[Any]:
         """Read the task `ref` points at for `team`, refusing bytes that do not match it."""
-        return Task.from_bytes(self.get_bytes(ref, team))
+        if ref.part < 0:
+            return Task.from_bytes(self.get_bytes(ref, team))
+        key = (ref.uri, ref.sha256)
+        shared = self._payloads.get(key)
+        if shared is None:
+            shared = TaskPayload(self.get_bytes(ref, team))
+            self._payloads[key] = shared
+            while len(self._payloads) > self._cached:
+                self._payloads.popitem(last=False)
+        self._payloads.move_to_end(key)
+        if ref.part >= len(shared):
+            raise StoreError(
+                f"stored payload {ref.uri} has no task {ref.part} ({len(shared)} tasks)"
+            )
+        return shared.task(ref.part)
 
     def get_bytes(self, ref: DataRef, team: str) -> bytes:
         """The verified bytes `ref` stands for (see `get`)."""

@@ -146,3 +146,21 @@ def test_two_attempts_on_an_object_store_keep_both_references_valid() -> None:
     assert first[0].uri != second[0].uri  # no check-then-write race can swap one for the other
     assert store.get(first[0], "web").num_items == store.get(second[0], "web").num_items == 3
     store.delete_job("web", "job1")
+
+
+def test_a_manifests_small_outputs_share_one_payload_read_once(tmp_path: Path) -> None:
+    store = TaskStore(str(tmp_path))
+    small = [_task(f"s{i}", rows=1) for i in range(5)]
+    refs = store.put_tasks("web", "job1", 1, "k", small)
+    assert {r.uri for r in refs} == {refs[0].uri}
+    assert [r.part for r in refs] == [0, 1, 2, 3, 4]
+    assert all(r.bytes == Path(r.uri).stat().st_size for r in refs)
+    assert [store.get(r, "web").task_id for r in refs] == ["s0", "s1", "s2", "s3", "s4"]
+    Path(refs[0].uri).unlink()  # every later read is served from the decoded payload
+    assert store.get(refs[3], "web").to_pyarrow().equals(small[3].to_pyarrow())
+    fresh = TaskStore(str(tmp_path))
+    with pytest.raises(StoreError, match=r"stored task missing: "):
+        fresh.get(refs[3], "web")
+    beyond = refs[0].model_copy(update={"part": 9})
+    with pytest.raises(StoreError, match=r"stored payload .* has no task 9 \(5 tasks\)"):
+        store.get(beyond, "web")

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -310,3 +311,43 @@ def test_empty_task_defaults():
     assert task.validate() is True
     assert task._stage_perf == []
     assert task._metadata == {}
+
+
+def test_many_small_tasks_share_one_payload_and_come_back_as_they_were() -> None:
+    from gristmill.tasks.codec import TaskPayload, encode_tasks
+
+    tasks: list[Any] = [
+        DocumentBatch(task_id=f"t{i}", dataset_name="d", data=pa.table({"n": [i, i + 1]}))
+        for i in range(3)
+    ]
+    tasks.append(FileGroupTask(task_id="files", data=["/a.jsonl"]))
+    tasks[1]._metadata["k"] = "v"
+    payload = encode_tasks(tasks)
+    assert payload is not None
+    shared = TaskPayload(payload)
+    assert len(shared) == 4
+    for index, task in enumerate(tasks):
+        back = shared.task(index)
+        assert type(back) is type(task)
+        assert (back.task_id, back.dataset_name, back._metadata) == (
+            task.task_id,
+            task.dataset_name,
+            task._metadata,
+        )
+        if isinstance(task, DocumentBatch):
+            assert back.to_pyarrow().equals(task.to_pyarrow())
+        else:
+            assert back.data == task.data
+    assert shared.task(0) is not shared.task(0)  # a fresh task each time: stages may change it
+
+
+def test_tasks_that_cannot_share_a_payload_are_said_so() -> None:
+    from gristmill.tasks.codec import encode_tasks
+
+    other_schemas = [
+        DocumentBatch(task_id="a", data=pa.table({"n": [1]})),
+        DocumentBatch(task_id="b", data=pa.table({"m": ["x"]})),
+    ]
+    assert encode_tasks(other_schemas) is None
+    frames = [DocumentBatch(task_id="p", data=pd.DataFrame({"n": [1]}))]
+    assert encode_tasks(frames) is None

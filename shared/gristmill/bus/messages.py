@@ -121,11 +121,14 @@ def peek(payload: bytes | str) -> dict[str, Any]:
 
 class DataRef(Message):
     """Where a task's bytes are and how to know they are intact: a slice (`offset`, `bytes`) of
-    the stored object `uri`, or, for a small task, the bytes themselves (`inline`, base64)."""
+    the stored object `uri`, or, for a small task, the bytes themselves (`inline`, base64).
+    With `part` >= 0 the slice is a payload of several small tasks and the task is its `part`-th
+    (`offset`, `bytes` and `sha256` describe the whole payload; `rows` the task)."""
 
     uri: str = ""
     offset: int = Field(0, ge=0)
     inline: str = ""
+    part: int = Field(-1, ge=-1)
     format: Literal["gristmill-task", "gristmill-plan"] = "gristmill-task"
     rows: int = Field(ge=0)
     bytes: int = Field(ge=0)
@@ -135,6 +138,8 @@ class DataRef(Message):
     def _one_place(self) -> Self:
         if bool(self.uri) == bool(self.inline):
             raise ValueError("a DataRef names a stored object (uri) or carries its bytes (inline)")
+        if self.part >= 0 and not self.uri:
+            raise ValueError("a part of a shared payload is in a stored object (uri)")
         return self
 
 
