@@ -10,15 +10,17 @@ local Ray), in this order:
    ParquetWriter) over its corpus, best of two runs each on LocalExecutor and on the service
    (after one warm-up run on the service, so its actors exist, as on a service that is up);
 2. dispatch rate: a job whose first step fans out into `--noop-tasks` tasks of a no-op stage;
-   manifests/s = tasks / (first no-op task done -> last done), and end to end (submit -> done);
-   run twice: "cold" (the pipeline's actors start during the run) and "warm" (they exist);
+   manifests/s = tasks announced after the first `TasksDone` / (first -> last `TasksDone`), and
+   end to end (submit -> done); run twice: "cold" (the pipeline's actors start during the run,
+   and the no-op step was never measured, so its manifests hold 8 tasks) and "warm" (they exist,
+   and manifests hold up to 64 tasks);
 3. latency: `--latency-jobs` one-task jobs submitted one after the other on the idle service,
    submit -> final state as the client sees it; p50 and p99;
 4. memory: the largest PSS (proportional set size) of every process the service runs — NATS,
    planner, coordinator, workers and all of Ray's — sampled each second during a run of (1).
 
-Targets (issue 5): (1) wall <= 1.15x LocalExecutor's; (2) >= 5,000 manifests/s; (3) p99 < 100 ms;
-(4) < 2 GB.
+Targets (issue 9): (1) wall <= 0.8x LocalExecutor's; (2) >= 5,000 manifests/s; (3) p99 < 100 ms
+(issue 5); (4) <= 1.5 GB.
 """
 
 from __future__ import annotations
@@ -53,8 +55,6 @@ from gristmill.stages.text.io import JsonlReader, ParquetWriter  # noqa: E402
 
 class FanOut(ProcessingStage[EmptyTask, DocumentBatch]):
     """`count` one-row tasks."""
-
-    fans_out = True  # so it is not fused with the no-op stage after it
 
     def __init__(self, count: int = 1000):
         self.count = count

@@ -26,7 +26,7 @@ from gristmill.pipeline.spec import ClassLoader, load_spec
 from gristmill.stages import get_stage_class, run_stage
 from gristmill.stages.base import init_signature
 from gristmill.stages.text.io.partition import FilePartitioningStage
-from gristmill.store import TaskStore, within
+from gristmill.store import StoreWriteError, TaskStore, within
 from gristmill.tasks import EmptyTask, Task
 
 __all__ = ["Rejected", "plan_job"]
@@ -65,8 +65,8 @@ def plan_job(
         return _plan(
             spec, store, output_root, trust_code, loader, tuple(input_roots) or (output_root,)
         )
-    except Rejected:
-        raise
+    except (Rejected, StoreWriteError):
+        raise  # a failed write says nothing about the job: the planner tries again
     except GristmillError as exc:
         raise Rejected(str(exc)) from exc
     except Exception as exc:  # a stage's constructor or build() failing its own way

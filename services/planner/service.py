@@ -50,7 +50,7 @@ from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.bus.subjects import api_subject, event_subject, task_subject
 from gristmill.config import ServiceSettings
 from gristmill.pipeline.portable import CodeLoader
-from gristmill.store import TaskStore
+from gristmill.store import StoreWriteError, TaskStore
 from services.planner.planning import Planned, Rejected, plan_job
 
 __all__ = ["PlannerService"]
@@ -66,7 +66,8 @@ class PlannerService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        self.store = TaskStore(settings.store_root)
+        # The planner's writes are a job's acceptance: an I/O error is tried again at once.
+        self.store = TaskStore(settings.store_root, write_attempts=8)
         self.broker = service_broker(settings.nats_url, self._reconnected)
         # One per team, kept: a pipeline's code is loaded once, not at every submission.
         self._loaders = {team: _team_loader(self.store, team) for team in settings.teams}
@@ -128,15 +129,10 @@ class PlannerService:
         if spec.team != team:
             return ApiReply(ok=False, error=f"a job of team {spec.team!r} sent to team {team!r}")
         try:
-            planned = await asyncio.to_thread(
-                plan_job,
-                spec,
-                self.store,
-                self.settings.output_root,
-                self.settings.trust_code,
-                self._loaders[team],
-                self.settings.readable_roots,
-            )
+            planned = await self._plan(team, spec)
+        except StoreWriteError as exc:
+            log.error("a job of team %s could not be stored: %s", team, exc)
+            return ApiReply(ok=False, error=f"the service could not store the job: {exc}")
         except Rejected as exc:
             log.info("rejected a job of team %s: %s", team, exc)
             return ApiReply(ok=False, error=str(exc))
@@ -145,6 +141,26 @@ class PlannerService:
             return ApiReply(ok=True, job=job)  # a resubmitted request: that job, nothing new
         await self._start(team, planned)
         return ApiReply(ok=True, job=job)
+
+    async def _plan(self, team: str, spec: JobSpec) -> Planned:
+        """Plan off the event loop; a failed store write (transient) is tried again, 3 times."""
+        for attempt in range(3):
+            try:
+                return await asyncio.to_thread(
+                    plan_job,
+                    spec,
+                    self.store,
+                    self.settings.output_root,
+                    self.settings.trust_code,
+                    self._loaders[team],
+                    self.settings.readable_roots,
+                )
+            except StoreWriteError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("storing a job of team %s failed (%s); trying again", team, exc)
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _known(self, team: str, job: str) -> bool:
         from nats.js.errors import KeyNotFoundError

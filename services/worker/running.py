@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gristmill import faults
 from gristmill.bus.jobs import JobRecord
 from gristmill.config import ServiceSettings
 from gristmill.executors.gpus import gpu_memory_gb
@@ -196,7 +198,17 @@ class BatchRunner:
                 available.get("GPU", 0.0),
                 gpu_memory_gb(),
             )
-        remote = ray.remote(StepRunner).options(num_cpus=0, num_gpus=gpus, max_concurrency=2)
+        options: dict[str, Any] = {"num_cpus": 0, "num_gpus": gpus, "max_concurrency": 2}
+        if faults.active():  # the chaos suite's faults reach the actors too (store I/O)
+            names = (
+                "GRISTMILL_FAULTS",
+                "GRISTMILL_ROLE",
+                "GRISTMILL_INCARNATION",
+                "GRISTMILL_FAULT_LOG",
+            )
+            env = {name: os.environ[name] for name in names if name in os.environ}
+            options["runtime_env"] = {"env_vars": env}
+        remote = ray.remote(StepRunner).options(**options)
         self.actors.started(key)
         return remote.remote(
             record.to_json(), step, self.settings.store_root, self.settings.trust_code, self.worker

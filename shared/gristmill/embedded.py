@@ -154,7 +154,7 @@ class EmbeddedService:
             **limits,  # type: ignore[arg-type]
         )
         self._ray = contextlib.ExitStack()
-        session = self._ray.enter_context(ray_session())
+        session = self._ray.enter_context(ray_session(state=self.state_dir))
         self._env = {
             **os.environ,
             **self.settings.env(),
@@ -201,6 +201,7 @@ class EmbeddedService:
                 **self._own_env.get(name, {}),
                 "GRISTMILL_ROLE": name,
                 "GRISTMILL_INCARNATION": str(child.incarnation),
+                "GRISTMILL_FAULT_LOG": str(self.state_dir / "logs" / "faults.log"),
             }
             log_path = self.state_dir / "logs" / f"{name}.log"
             with log_path.open("ab") as log_file:

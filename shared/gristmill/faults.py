@@ -21,8 +21,9 @@ Off (one dictionary lookup per point) unless `GRISTMILL_FAULTS` is set, e.g.
 
 Decisions come from a generator seeded with `seed`, the process's role (`GRISTMILL_ROLE`) and its
 incarnation (`GRISTMILL_INCARNATION`, counted by the supervisor), so a failing run names what to
-rerun. Every injected fault writes one line to stderr (the process's log):
-`gristmill-fault <kind> <point> seed=<seed> role=<role> incarnation=<n>`.
+rerun. Every injected fault writes one line to stderr (the process's log), and to the file
+`GRISTMILL_FAULT_LOG` when set: `gristmill-fault <kind> <point> seed=<seed> role=<role>
+incarnation=<n>`.
 """
 
 from __future__ import annotations
@@ -66,12 +67,18 @@ class FaultPlan:
         self.rates = {k: float(fields.get(k, 0)) for k in kinds}
 
     def report(self, kind: str, where: str) -> None:
-        """Say, in the log, that a fault is injected here."""
-        sys.stderr.write(
+        """Say, in the log (and in `GRISTMILL_FAULT_LOG`, where every process of a service
+        appends), that a fault is injected here."""
+        line = (
             f"gristmill-fault {kind} {where} seed={self.seed} role={self.role} "
             f"incarnation={self.incarnation}\n"
         )
+        sys.stderr.write(line)
         sys.stderr.flush()
+        shared = os.environ.get("GRISTMILL_FAULT_LOG")
+        if shared:
+            with open(shared, "a") as log:
+                log.write(line)
 
     def at_point(self, name: str) -> bool:
         """Whether to die at crash point `name`."""

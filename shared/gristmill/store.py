@@ -31,7 +31,7 @@ from gristmill.errors import GristmillError
 from gristmill.tasks import Task, check_task_id
 from gristmill.tasks.codec import TaskPayload, encode_tasks
 
-__all__ = ["StoreError", "TaskStore", "within"]
+__all__ = ["StoreError", "StoreWriteError", "TaskStore", "within"]
 
 
 def _small(task: Task[Any]) -> bool:
@@ -46,6 +46,10 @@ def _small(task: Task[Any]) -> bool:
 
 class StoreError(GristmillError):
     """A stored payload that is missing, damaged, or not where a reference may point."""
+
+
+class StoreWriteError(StoreError):
+    """A write to the store failed (an I/O error: trying again may succeed)."""
 
 
 def within(path: str, root: str) -> bool:
@@ -68,8 +72,9 @@ def _local_path(path: str) -> str:
 class TaskStore:
     """Reads and writes task payloads under `root` (a path or fsspec URL)."""
 
-    def __init__(self, root: str, cached_payloads: int = 16):
+    def __init__(self, root: str, cached_payloads: int = 16, write_attempts: int = 1):
         self.root = root.rstrip("/")
+        self.write_attempts = write_attempts  # a write failing with an I/O error is tried again
         # Shared payloads read lately, decoded: a group's tasks read theirs once, not each.
         self._payloads: OrderedDict[tuple[str, str], TaskPayload] = OrderedDict()
         self._cached = cached_payloads
@@ -134,10 +139,13 @@ class TaskStore:
         digest = hashlib.sha256(blob).hexdigest()[:16]
         uri = fs.join(self.job_root(team, job), f"{step}/{key}.{digest}.tasks")
         where = f"store.write {uri}"
-        try:
-            fs.write_once(uri, blob, fail_half_way=faults.write_fails(where))
-        except OSError as exc:
-            raise StoreError(f"writing {uri} failed: {exc}") from exc
+        for attempt in range(self.write_attempts):
+            try:
+                fs.write_once(uri, blob, fail_half_way=faults.write_fails(where))
+                return uri
+            except OSError as exc:
+                if attempt == self.write_attempts - 1:
+                    raise StoreWriteError(f"writing {uri} failed: {exc}") from exc
         return uri
 
     def _put_shared(

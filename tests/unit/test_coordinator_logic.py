@@ -64,7 +64,9 @@ def finished_tracker() -> JobTracker:
 
 
 def coordinator(tmp_path: Path, publisher: FlakyPublisher) -> CoordinatorService:
-    settings = ServiceSettings(nats_url="nats://127.0.0.1:1", state_dir=tmp_path, store_root=str(tmp_path), teams=("web",))  # fmt: skip
+    settings = ServiceSettings(
+        nats_url="nats://127.0.0.1:1", state_dir=tmp_path, store_root=str(tmp_path), teams=("web",)
+    )
     service = CoordinatorService(settings)
     service._publisher = publisher  # type: ignore[assignment]
     service._kv["web", "jobs"] = MemoryKV()
@@ -128,3 +130,23 @@ def test_stopping_an_actor_does_not_block_the_event_loop(
         return ticks
 
     assert asyncio.run(scenario()) >= 10  # the loop kept running while the kill waited
+
+
+def test_a_worker_forgets_the_records_of_jobs_it_no_longer_pulls(tmp_path: Path) -> None:
+    from gristmill.bus.jobs import JobRecord
+    from services.worker.service import WorkerService
+
+    settings = ServiceSettings(
+        nats_url="nats://x", state_dir=tmp_path, store_root=str(tmp_path), teams=("web",)
+    )
+    worker = WorkerService(settings, worker_id="cpu-0")
+    record: Any = object.__new__(JobRecord)  # never read: only kept or forgotten
+    worker._records = {("web", "j1"): record, ("web", "j2"): record}
+    worker._assigned = {("web", "j1", 1): 1, ("web", "j2", 1): 1}
+
+    async def scenario() -> None:
+        await worker._on_assignment("web", {})
+
+    asyncio.run(scenario())
+    assert worker._records == {}
+    assert worker._assigned == {}

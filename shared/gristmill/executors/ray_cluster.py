@@ -55,8 +55,8 @@ class RaySession:
 _current: RaySession | None = None
 
 
-def _temp_dir() -> str:
-    preferred = state_dir() / "ray"
+def _temp_dir(under: Path | None = None) -> str:
+    preferred = (under or state_dir()) / "ray"
     if len(str(preferred)) <= _MAX_TEMP_DIR:
         return str(preferred)
     return str(Path(tempfile.gettempdir()) / f"gristmill-ray-{os.getuid()}")
@@ -72,9 +72,10 @@ def _driver_paths() -> str:
 
 
 @contextlib.contextmanager
-def ray_session(dashboard: bool = False) -> Iterator[RaySession]:
+def ray_session(dashboard: bool = False, state: Path | None = None) -> Iterator[RaySession]:
     """A Ray connection for the block (see the module docstring). `dashboard=True` makes sure
-    the dashboard runs when a cluster is started here (cosmos-xenna needs its state API)."""
+    the dashboard runs when a cluster is started here (cosmos-xenna needs its state API); a
+    cluster started here keeps its files under `state` (default: the state directory)."""
     global _current
     import ray
 
@@ -100,7 +101,7 @@ def ray_session(dashboard: bool = False) -> Iterator[RaySession]:
         ray.init(address=address, log_to_driver=False)
         session = RaySession(address, started_here=False, dashboard=True, start_seconds=0.0)
     else:
-        temp_dir = _temp_dir()
+        temp_dir = _temp_dir(state)
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         # The cluster's processes inherit this environment (cheaper than a runtime_env).
         python_path = os.environ.get("PYTHONPATH")
