@@ -73,6 +73,7 @@ class PlannerService:
         self._loaders = {team: _team_loader(self.store, team) for team in settings.teams}
         self._publishing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._publisher: Publisher | None = None
+        self._jobs: dict[str, Any] = {}  # each team's jobs bucket, bound once
         for team in settings.teams:
             self.broker.subscriber(api_subject(team, "submit"), queue="planner")(
                 self._submit_handler(team)
@@ -90,7 +91,9 @@ class PlannerService:
         before this one left half published."""
         self._publisher = await Publisher(self.broker.config.connection_state.connection).start()
         for team in self.settings.teams:
-            await ensure_layout(self._js, TeamLayout(team), self.settings.stream_limits())
+            layout = TeamLayout(team)
+            await ensure_layout(self._js, layout, self.settings.stream_limits())
+            self._jobs[team] = await self._js.key_value(layout.bucket("jobs"))
         for team in self.settings.teams:
             await self._resume(team)
         log.info("planner ready for teams %s", ", ".join(self.settings.teams))
@@ -165,7 +168,7 @@ class PlannerService:
     async def _known(self, team: str, job: str) -> bool:
         from nats.js.errors import KeyNotFoundError
 
-        jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+        jobs = self._jobs[team]
         for key in (published_key(job), archived_key(job)):
             with contextlib.suppress(KeyNotFoundError):
                 if (await jobs.get(key)).value:
@@ -177,7 +180,7 @@ class PlannerService:
         lines = b"\n".join(m.to_json() for m in planned.manifests)
         plan = await asyncio.to_thread(self.store.put_plan, team, planned.record.job, lines)
         record = planned.record.model_copy(update={"plan": plan, "submitted_at": time.time()})
-        jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+        jobs = self._jobs[team]
         await jobs.put(job_key(record.job), record.to_json())
         faults.point("planner.recorded")
         await self._begin(team, record, planned.manifests)
@@ -251,7 +254,7 @@ class PlannerService:
                     [(subject, m, msg_id("task", job, step, m.key)) for m in batch]
                 )
                 faults.point("planner.manifests")
-            jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+            jobs = self._jobs[team]
             await jobs.put(published_key(job), b"1")
             log.info("job %s: %d manifests published to step %d", job, len(manifests), step)
         except asyncio.CancelledError:
@@ -263,7 +266,7 @@ class PlannerService:
         """Finish the jobs a planner before this one recorded but did not publish in full."""
         from nats.js.errors import KeyNotFoundError, NoKeysError
 
-        jobs = await self._js.key_value(TeamLayout(team).bucket("jobs"))
+        jobs = self._jobs[team]
         try:
             keys = await jobs.keys(filters=["job.*"])
         except NoKeysError:

@@ -81,6 +81,10 @@ class ActorPool:
             gone += [e.actor for e in self._idle.pop(key)]
         return gone
 
+    def idle_actors(self) -> list[Any]:
+        """Every actor waiting for a call."""
+        return [entry.actor for entries in self._idle.values() for entry in entries]
+
     def busy(self, key: ActorKey | None = None) -> int:
         """Actors out on a call (of `key`, or of every key)."""
         return self._busy.get(key, 0) if key else sum(self._busy.values())

@@ -74,8 +74,9 @@ class KeepAlive:
 
 class Puller:
     """Fetches the manifests of one step while `share()` is above 0, handing each fetched
-    batch to `handle(key, msgs, keep_alive)`. It holds at most `share() + 1` batches: one more
-    than may run at once, so that the next run need not wait for the last one's publishes."""
+    batch to `handle(key, msgs, keep_alive)`. It holds at most `share() + ahead()` batches:
+    for short tasks one more than may run at once, so that the next run need not wait for the
+    last one's publishes (for long ones none: a batch held back is one another worker lacks)."""
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class Puller:
         slots: Slots,
         share: Callable[[], int],
         batch_size: Callable[[], int],
+        ahead: Callable[[], int],
         ack_wait_s: float,
         handle: Callable[[StepKey, list[Any], KeepAlive], Coroutine[Any, Any, None]],
     ):
@@ -96,6 +98,7 @@ class Puller:
         self.slots = slots
         self.share = share
         self.batch_size = batch_size
+        self.ahead = ahead
         self.ack_wait_s = ack_wait_s
         self.handle = handle
 
@@ -110,7 +113,7 @@ class Puller:
         delay = 0.1
         try:
             while self.share() > 0:
-                if len(running) > self.share():
+                if len(running) >= self.share() + self.ahead():
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 await self.slots.wait_free()

@@ -64,7 +64,11 @@ class StepRunner:
             return [self._manifest(TaskManifest.from_json(raw)) for raw in manifests]
         finally:
             self._current = None
-            pa.default_memory_pool().release_unused()  # an idle actor should not sit on buffers
+
+    def release(self) -> None:
+        """Give the memory Arrow keeps for reuse back to the system (an idle actor should not
+        sit on the buffers of its last batch; between calls the reuse is worth keeping)."""
+        pa.default_memory_pool().release_unused()
 
     def progress(self) -> tuple[str, float] | None:
         """The task running now and for how many seconds, or None between calls."""

@@ -39,6 +39,8 @@ log = logging.getLogger("gristmill.worker")
 
 # A fetch takes as many manifests as fit in this much measured work (at least 1, at most 16).
 BATCH_TARGET_S = 0.05
+# Steps whose manifests take less than this are fetched one batch ahead of what runs.
+AHEAD_BELOW_S = 0.25
 
 
 def default_worker_id(pool: str) -> str:
@@ -167,6 +169,7 @@ class WorkerService:
             self.slots,
             share=lambda: self._assigned.get(key, 0),
             batch_size=lambda: self._batch_size(record.fingerprint, step),
+            ahead=lambda: self._ahead(record.fingerprint, step),
             ack_wait_s=record.spec.options.ack_wait_s,
             handle=self._handle,
         )
@@ -191,6 +194,10 @@ class WorkerService:
             return 1
         return max(1, min(16, int(BATCH_TARGET_S / max(seconds, 1e-6))))
 
+    def _ahead(self, fingerprint: str, step: int) -> int:
+        seconds = self.runner.seconds_per_message.get((fingerprint, step))
+        return 1 if seconds is not None and seconds < AHEAD_BELOW_S else 0
+
     def _group_size(self, fingerprint: str, step: int) -> int:
         return group_size_for(self.runner.seconds_per_task.get((fingerprint, step)))
 
@@ -204,7 +211,10 @@ class WorkerService:
         }
 
     async def _reap_idle_actors(self) -> None:
+        """Stop actors idle too long; the others that are idle give back their spare memory."""
         while True:
-            await asyncio.sleep(max(0.05, self.settings.idle_actor_s / 4))
+            await asyncio.sleep(max(0.05, min(5.0, self.settings.idle_actor_s / 4)))
             for actor in self.actors.expired(time.monotonic()):
                 await asyncio.to_thread(_kill, actor)
+            for actor in self.actors.idle_actors():
+                actor.release.remote()  # nothing waits for it

@@ -7,6 +7,7 @@ Specs and messages carry only these names, never import strings.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -143,6 +144,13 @@ def _path(cls: type) -> str:
 
 
 def _entry_points() -> dict[str, list[EntryPoint]]:
+    """The installed distributions' stage entry points, read once per import path (scanning
+    every distribution's metadata takes milliseconds, and a spec names several stages)."""
+    return _scan(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=4)
+def _scan(path: tuple[str, ...]) -> dict[str, list[EntryPoint]]:
     found: dict[str, list[EntryPoint]] = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(point.name, []).append(point)
