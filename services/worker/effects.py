@@ -180,6 +180,22 @@ class Effects:
         faults.point("worker.split_recorded")
         await msg.ack()
 
+    async def requeue(self, work: Work) -> None:
+        """Publish a single task's manifest again without this delivery counting as one of its
+        attempts (it ran beside a task that hung, and its actor was stopped), then ack."""
+        manifest = work.manifest
+        [task] = manifest.tasks
+        again = manifest.model_copy(
+            update={"tasks": [task.model_copy(update={"attempts": work.attempt - 1})]}
+        )
+        seq = work.msg.metadata.sequence.stream
+        subject = task_subject(self.team, manifest.job, str(manifest.step))
+        await self._publish(
+            [(subject, again, msg_id("again", manifest.job, manifest.step, manifest.key, seq))]
+        )
+        faults.point("worker.requeued")
+        await work.msg.ack()
+
     async def failed(self, work: Work, record: JobRecord, error: str, detail: str) -> None:
         """A single task's attempt failed: retry it after a backoff, or dead-letter it."""
         limit = record.spec.options.max_deliver

@@ -96,11 +96,15 @@ class BatchRunner:
         tasks = work.manifest.tasks
         if isinstance(outcome, Lost):
             failure = Failure(outcome.error, outcome.detail)
-            if len(tasks) > 1:  # the task that hung, or, unknown, every one failed this attempt
-                hit = {t.task_id: failure for t in tasks if outcome.hung in (None, "?", t.task_id)}
+            # The task that hung failed its attempt; when the actor died of something unknown,
+            # every task it ran did. The others beside a hung task lose no attempt for it.
+            hit = {t.task_id: failure for t in tasks if outcome.hung in (None, "?", t.task_id)}
+            if len(tasks) > 1:
                 await effects.split(work.msg, work.manifest, record, hit)
-            else:
+            elif hit:
                 await effects.failed(work, record, outcome.error, outcome.detail)
+            else:
+                await effects.requeue(work)
             return
         raw: list[dict[str, Any]] = outcome[index]
         if all(r["ok"] for r in raw):
