@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pyarrow.compute as pc
 
@@ -38,17 +37,6 @@ class Shout(ProcessingStage[DocumentBatch, DocumentBatch]):
             dataset_name=task.dataset_name,
             data=table.set_column(index, "text", pc.utf8_upper(table["text"])),
         )
-
-
-class SlowDown(ProcessingStage[DocumentBatch, DocumentBatch]):
-    """Works `seconds` per batch (a step much slower than the rest)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def process(self, task: DocumentBatch) -> DocumentBatch:
-        time.sleep(self.seconds)  # simulated work, not synchronisation
-        return task
 
 
 class HangOnIds(ProcessingStage[DocumentBatch, DocumentBatch]):

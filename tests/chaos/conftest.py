@@ -6,10 +6,14 @@ from __future__ import annotations
 import collections
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The fault suite reuses the service suite's stages (`service_stages`).
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

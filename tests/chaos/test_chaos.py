@@ -30,8 +30,9 @@ from gristmill.executors.service import ServiceExecutor
 from gristmill.stages.text.filters import ScoreFilter, WordCountFilter
 from gristmill.stages.text.io import JsonlReader, JsonlWriter
 
-from chaos_stages import HangOnIds, Shout, SlowDown, SplitBatch
+from chaos_stages import HangOnIds, Shout, SplitBatch
 from invariants import Outcome, check, dead_lettered, injected_faults, make_corpus, read_written
+from service_stages import SleepEach
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -100,7 +101,7 @@ def pipeline(data: Path, out: Path, scenario: Scenario, fifo: Path, hung: list[s
         Shout(),
     ]
     if scenario.slow_s:
-        stages.append(SlowDown(scenario.slow_s))
+        stages.append(SleepEach(scenario.slow_s))
     if hung:
         stages.append(HangOnIds(hung, str(fifo)))
     stages.append(JsonlWriter(path=str(out / "docs"), drops_path=str(out / "drops")))

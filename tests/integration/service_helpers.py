@@ -4,11 +4,12 @@ FIFOs where a test and a stage inside a worker meet, jobs run in a thread, writt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,18 @@ from gristmill.client import ServiceClient
 from gristmill.embedded import EmbeddedService
 from gristmill.executors.service import ServiceExecutor
 from gristmill.tasks import Task
+
+ROOT = Path(__file__).parents[2]
+
+
+@contextlib.contextmanager
+def service_under(base: Path, **options: Any) -> Iterator[EmbeddedService]:
+    """An embedded service with its state under `base`, allowed to write under `base` and to
+    read there and in the repository (its examples); `options` go to `EmbeddedService`."""
+    options.setdefault("output_root", str(base))
+    options.setdefault("input_roots", (str(ROOT), str(base)))
+    with EmbeddedService(base / "state", **options) as running:
+        yield running
 
 
 def client_call(service: EmbeddedService, call: Callable[[ServiceClient], Any]) -> Any:

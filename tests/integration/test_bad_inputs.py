@@ -28,7 +28,7 @@ from gristmill.stages.text.filters import ScoreFilter, WordCountFilter
 from gristmill.stages.text.io import JsonlReader, JsonlWriter
 from gristmill.tasks import FileGroupTask, Task, content_task_id, derive_task_id
 
-from service_helpers import client_call, doc_ids, written
+from service_helpers import client_call, doc_ids, service_under, written
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +44,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(base: Path) -> Iterator[EmbeddedService]:
-    with EmbeddedService(
-        base / "state", workers=1, slots=2, output_root=str(base), input_roots=(str(base),)
-    ) as running:
+    with service_under(base, workers=1, slots=2, input_roots=(str(base),)) as running:
         yield running
 
 

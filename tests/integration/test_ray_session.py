@@ -4,6 +4,7 @@ RAY_ADDRESS at its own cluster for the duration."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import ray
@@ -87,3 +88,18 @@ def test_xenna_runs_beside_another_ray_on_the_same_machine(
     finally:
         other.send_signal(signal.SIGINT)
         other.wait(timeout=60)
+
+
+def test_a_state_directory_too_deep_for_rays_sockets_still_starts_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI's pytest temp paths made Ray refuse its plasma socket (over 107 bytes); Ray's files
+    # then move to a short directory named after the state directory.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    deep = tmp_path / ("d" * 60) / "state"
+    with ray_session(state=deep) as session:
+        assert session.started_here
+        temp = ray._private.worker._global_node.get_temp_dir_path()
+    assert not str(temp).startswith(str(deep))
+    assert len(temp) <= 42
+    assert os.path.basename(temp).startswith(f"gm-ray-{os.getuid()}-")

@@ -33,6 +33,7 @@ from service_helpers import (
     finished,
     read_fifo,
     run_in_thread,
+    service_under,
     until,
     written,
 )
@@ -52,13 +53,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(base: Path) -> Iterator[EmbeddedService]:
-    with EmbeddedService(
-        base / "state",
-        workers=2,
-        slots=2,
-        output_root=str(base),
-        input_roots=(str(ROOT), str(base)),
-    ) as running:
+    with service_under(base, workers=2, slots=2) as running:
         yield running
 
 

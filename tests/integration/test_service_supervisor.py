@@ -15,7 +15,16 @@ from gristmill.embedded import EmbeddedService
 from gristmill.executors.service import ServiceExecutor
 from gristmill.stages.text.io import JsonlReader, JsonlWriter
 
-from service_helpers import client_call, doc_ids, fifos, finished, read_fifo, run_in_thread, until
+from service_helpers import (
+    client_call,
+    doc_ids,
+    fifos,
+    finished,
+    read_fifo,
+    run_in_thread,
+    service_under,
+    until,
+)
 from service_stages import GateOn
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -31,14 +40,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(base: Path) -> Iterator[EmbeddedService]:
-    with EmbeddedService(
-        base / "state",
-        workers=1,
-        slots=2,
-        output_root=str(base),
-        input_roots=(str(ROOT), str(base)),
-        idle_actor_s=1.0,
-    ) as running:
+    with service_under(base, workers=1, slots=2, idle_actor_s=1.0) as running:
         yield running
 
 

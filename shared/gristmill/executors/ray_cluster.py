@@ -15,6 +15,7 @@ Wrap several runs in one `with ray_session():` to pay Ray's start-up once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -36,8 +37,10 @@ _STATE_API_LIMITS = {
     "RAY_MAX_LIMIT_FROM_API_SERVER": "40000",
     "RAY_MAX_LIMIT_FROM_DATA_SOURCE": "40000",
 }
-# Ray keeps Unix sockets under its temp dir; their paths must stay short (108 bytes on Linux).
-_MAX_TEMP_DIR = 60
+# Ray keeps Unix sockets under its temp dir, as
+# <temp>/session_<date>_<time>_<micros>_<pid>/sockets/plasma_store (up to 65 bytes after <temp>),
+# and a socket path must fit in 107 bytes on Linux.
+_MAX_TEMP_DIR = 107 - 65
 
 
 @dataclass
@@ -56,10 +59,17 @@ _current: RaySession | None = None
 
 
 def _temp_dir(under: Path | None = None) -> str:
-    preferred = (under or state_dir()) / "ray"
+    """Ray's files under the state directory, or, where that path is too long for Ray's
+    sockets, under a short directory of the system's temp dir named after the state
+    directory (one per service, so two services never share one)."""
+    preferred = (under or state_dir()).resolve() / "ray"
     if len(str(preferred)) <= _MAX_TEMP_DIR:
         return str(preferred)
-    return str(Path(tempfile.gettempdir()) / f"gristmill-ray-{os.getuid()}")
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
+    short = Path(tempfile.gettempdir()) / f"gm-ray-{os.getuid()}-{digest}"
+    if len(str(short)) <= _MAX_TEMP_DIR:
+        return str(short)
+    return str(Path("/tmp") / f"gm-ray-{os.getuid()}-{digest}")
 
 
 def _driver_paths() -> str:
