@@ -134,12 +134,16 @@ def test_waiting_for_a_free_slot_takes_none() -> None:
         seen: list[str] = []
         await slots.acquire()
 
+        waiting = asyncio.Event()
+
         async def fetcher() -> None:
+            waiting.set()
             await slots.wait_free()
             seen.append("fetch")
 
         task = asyncio.create_task(fetcher())
-        await asyncio.sleep(0)
+        await waiting.wait()  # the fetcher is now in wait_free, the slot busy
+        assert not task.done()
         seen.append("busy")
         await slots.release()
         await task
