@@ -49,6 +49,7 @@ from gristmill.bus.jobs import (
 from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.bus.subjects import api_subject, event_subject, task_subject
 from gristmill.config import ServiceSettings
+from gristmill.loops import cancel_all
 from gristmill.pipeline.portable import CodeLoader
 from gristmill.store import StoreWriteError, TaskStore
 from services.planner.planning import Planned, Rejected, plan_job
@@ -66,7 +67,7 @@ class PlannerService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        # The planner's writes are a job's acceptance: an I/O error is tried again at once.
+        # The planner's writes are a job's acceptance: an I/O error is tried again, backing off.
         self.store = TaskStore(settings.store_root, write_attempts=8)
         self.broker = service_broker(settings.nats_url, self._reconnected)
         # One per team, kept: a pipeline's code is loaded once, not at every submission.
@@ -103,11 +104,7 @@ class PlannerService:
 
     async def before_stop(self) -> None:
         """Stop publishing (a planner started later finishes it)."""
-        for task in self._publishing.values():
-            task.cancel()
-        for task in list(self._publishing.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(list(self._publishing.values()))
 
     def _submit_handler(self, team: str) -> Any:
         async def submit(msg: NatsMessage) -> bytes:
@@ -146,24 +143,16 @@ class PlannerService:
         return ApiReply(ok=True, job=job)
 
     async def _plan(self, team: str, spec: JobSpec) -> Planned:
-        """Plan off the event loop; a failed store write (transient) is tried again, 3 times."""
-        for attempt in range(3):
-            try:
-                return await asyncio.to_thread(
-                    plan_job,
-                    spec,
-                    self.store,
-                    self.settings.output_root,
-                    self.settings.trust_code,
-                    self._loaders[team],
-                    self.settings.readable_roots,
-                )
-            except StoreWriteError as exc:
-                if attempt == 2:
-                    raise
-                log.warning("storing a job of team %s failed (%s); trying again", team, exc)
-                await asyncio.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+        """Plan off the event loop (the store tries a failed write again itself)."""
+        return await asyncio.to_thread(
+            plan_job,
+            spec,
+            self.store,
+            self.settings.output_root,
+            self.settings.trust_code,
+            self._loaders[team],
+            self.settings.readable_roots,
+        )
 
     async def _known(self, team: str, job: str) -> bool:
         from nats.js.errors import KeyNotFoundError

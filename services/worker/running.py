@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,14 +203,7 @@ class BatchRunner:
             )
         options: dict[str, Any] = {"num_cpus": 0, "num_gpus": gpus, "max_concurrency": 2}
         if faults.active():  # the chaos suite's faults reach the actors too (store I/O)
-            names = (
-                "GRISTMILL_FAULTS",
-                "GRISTMILL_ROLE",
-                "GRISTMILL_INCARNATION",
-                "GRISTMILL_FAULT_LOG",
-            )
-            env = {name: os.environ[name] for name in names if name in os.environ}
-            options["runtime_env"] = {"env_vars": env}
+            options["runtime_env"] = {"env_vars": faults.environment()}
         remote = ray.remote(StepRunner).options(**options)
         self.actors.started(key)
         return remote.remote(

@@ -10,7 +10,6 @@ published, recorded and acknowledged, in which order), `actors` (which actors ar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -24,7 +23,7 @@ from gristmill.bus.client import Publisher
 from gristmill.bus.jobs import JobRecord, consumer_name, job_key
 from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.config import ServiceSettings
-from gristmill.loops import LoopSet
+from gristmill.loops import LoopSet, cancel_all
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.assignments import Wanted, follow_assignments
 from services.worker.effects import Effects
@@ -108,12 +107,7 @@ class WorkerService:
     async def before_stop(self) -> None:
         """Leave: stop pulling, withdraw the heartbeat (tasks in flight are redelivered)."""
         await self._loops.stop()
-        pullers = list(self._pullers.values())
-        for task in pullers:
-            task.cancel()
-        for task in pullers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(list(self._pullers.values()))
         if self._heartbeat is not None:
             await self._heartbeat.withdraw()
 

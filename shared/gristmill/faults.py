@@ -34,10 +34,12 @@ import signal
 import sys
 
 __all__ = [
+    "ENVIRONMENT",
     "FaultPlan",
     "active",
     "damaged",
     "duplicate",
+    "environment",
     "point",
     "progress_lost",
     "write_fails",
@@ -114,6 +116,15 @@ def _load() -> FaultPlan | None:
 
 
 _PLAN = _load()
+
+
+# What decides this process's faults, for processes it starts (a worker's step actors).
+ENVIRONMENT = ("GRISTMILL_FAULTS", "GRISTMILL_ROLE", "GRISTMILL_INCARNATION", "GRISTMILL_FAULT_LOG")
+
+
+def environment() -> dict[str, str]:
+    """The variables of `ENVIRONMENT` this process has, to hand on."""
+    return {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
 
 
 def active() -> bool:

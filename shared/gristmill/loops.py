@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-__all__ = ["LoopSet", "keep_running"]
+__all__ = ["LoopSet", "cancel_all", "keep_running"]
 
 Loop = Callable[[], Awaitable[None]]
 
@@ -72,8 +72,13 @@ class LoopSet:
     async def _cancel(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(tasks)
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until each has ended, whatever it ended with."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

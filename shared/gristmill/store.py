@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import posixpath
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -74,7 +75,8 @@ class TaskStore:
 
     def __init__(self, root: str, cached_payloads: int = 16, write_attempts: int = 1):
         self.root = root.rstrip("/")
-        self.write_attempts = write_attempts  # a write failing with an I/O error is tried again
+        # A write failing with an I/O error is tried again, backing off (up to ~3.5 s for 8).
+        self.write_attempts = write_attempts
         # Shared payloads read lately, decoded: a group's tasks read theirs once, not each.
         self._payloads: OrderedDict[tuple[str, str], TaskPayload] = OrderedDict()
         self._cached = cached_payloads
@@ -116,23 +118,13 @@ class TaskStore:
             uri = self._write(team, job, step, key, blob)
         refs = []
         for i, (task, payload) in enumerate(zip(tasks, payloads, strict=True)):
+            where: dict[str, Any] = (
+                {"uri": uri, "offset": offsets[i]}
+                if i in offsets
+                else {"inline": base64.b64encode(payload).decode("ascii")}
+            )
             digest = hashlib.sha256(payload).hexdigest()
-            if i in offsets:
-                ref = DataRef(
-                    uri=uri,
-                    offset=offsets[i],
-                    rows=task.num_items,
-                    bytes=len(payload),
-                    sha256=digest,
-                )
-            else:
-                ref = DataRef(
-                    inline=base64.b64encode(payload).decode("ascii"),
-                    rows=task.num_items,
-                    bytes=len(payload),
-                    sha256=digest,
-                )
-            refs.append(ref)
+            refs.append(DataRef(**where, rows=task.num_items, bytes=len(payload), sha256=digest))
         return refs
 
     def _write(self, team: str, job: str, step: int | str, key: str, blob: bytes) -> str:
@@ -146,6 +138,7 @@ class TaskStore:
             except OSError as exc:
                 if attempt == self.write_attempts - 1:
                     raise StoreWriteError(f"writing {uri} failed: {exc}") from exc
+                time.sleep(min(1.0, 0.05 * 2**attempt))  # back off: the store may be busy
         return uri
 
     def _put_shared(

@@ -27,6 +27,7 @@ from gristmill.stages.text.io import JsonlReader, JsonlWriter
 from gristmill.store import TaskStore
 
 from service_helpers import (
+    ROOT,
     client_call,
     doc_ids,
     fifos,
@@ -41,7 +42,6 @@ from service_stages import GateOn, PoisonOn, RecordCalls, StallOnce
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).parents[2]
 QUALITY = ROOT / "examples" / "pipelines" / "quality.yaml"
 DATA = ROOT / "examples" / "data"
 

@@ -48,7 +48,6 @@ from service_stages import (
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).parents[2]
 LAYOUT = TeamLayout("default")
 
 

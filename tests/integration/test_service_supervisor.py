@@ -16,6 +16,7 @@ from gristmill.executors.service import ServiceExecutor
 from gristmill.stages.text.io import JsonlReader, JsonlWriter
 
 from service_helpers import (
+    ROOT,
     client_call,
     doc_ids,
     fifos,
@@ -29,7 +30,6 @@ from service_stages import GateOn
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-ROOT = Path(__file__).parents[2]
 DATA = ROOT / "examples" / "data"
 
 

@@ -142,7 +142,7 @@ class Publisher:
         self.full_since = None
         if copies:  # a repeat no duplicate window catches: its consumers must tell
             await self.publish_many(copies, headers)
-        return [bool(r) for r in results[: len(pending)]]
+        return [bool(r) for r in results]
 
     async def _send(
         self, items: list[tuple[str, bytes, str]], headers: dict[str, str] | None

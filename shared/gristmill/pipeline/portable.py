@@ -27,18 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gristmill.errors import GristmillError, SpecError
+from gristmill.errors import SpecError
 from gristmill.pipeline.spec import PipelineSpec, stage_to_spec
 from gristmill.stages import ProcessingStage
 from gristmill.stages.registry import installed_stage_name, scratch_registrations
 from gristmill.tasks import Task
-from gristmill.tasks.registry import (
-    forget_task_types,
-    register_task_type,
-    task_type,
-    task_type_name,
-    task_types_by_name,
-)
+from gristmill.tasks.registry import forget_task_types, register_task_type, task_types_by_name
 
 __all__ = ["CodeBlob", "CodeLoader", "module_blob", "portable_spec", "task_blobs"]
 
@@ -46,8 +40,6 @@ AnyStage = ProcessingStage[Any, Any]
 
 # Loading swaps the process's stage registry for a scratch one: one load at a time.
 _LOADING = threading.RLock()
-# Set on task classes that arrived as code, so later code may replace them (never others).
-_SHIPPED = "_gristmill_shipped"
 
 
 @dataclass(frozen=True)
@@ -245,22 +237,5 @@ def _restore_module_name(values: list[object], loaded_as: str, original: str) ->
         if isinstance(value, type) and value.__module__ == loaded_as:
             value.__module__ = original
             if issubclass(value, Task):
-                _claim(value)
                 register_task_type(value)
             _restore_module_name(list(vars(value).values()), loaded_as, original)
-
-
-def _claim(cls: type[Any]) -> None:
-    """Refuse a shipped task class whose name a class of an installed module holds."""
-    name = task_type_name(cls)
-    try:
-        holder = task_type(name)
-    except GristmillError:
-        holder = None
-    shipped = getattr(holder, _SHIPPED, False)
-    if holder is not None and holder is not cls and not shipped and _installed(holder.__module__):
-        raise SpecError(
-            f"shipped code defines the task class {name}, which this process has from its "
-            f"installed code; rename the class or its module"
-        )
-    setattr(cls, _SHIPPED, True)

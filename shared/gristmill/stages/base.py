@@ -36,7 +36,7 @@ class ProcessingStage[X: Task[Any], Y: Task[Any]](ABC):
     # Whether the stage splits one task into many independent ones (a source, a file
     # partitioner): fusion ends the step after such a stage, so executors can spread the
     # pieces over workers. None (the default) detects it from `process`'s annotations (see
-    # `gristmill.stages.execution.fan_out_reason`); True or False says so outright.
+    # `gristmill.stages.fusion.fan_out_reason`); True or False says so outright.
     fans_out: bool | None = None
     # How long one task may run on the service before its attempt is stopped and counted as
     # failed (None: the job's `task_timeout_s`). A hung stage must not hold a worker forever.
