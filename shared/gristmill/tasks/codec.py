@@ -117,8 +117,7 @@ def encode_task(task: Task[Any]) -> bytes:
     """Serialise `task` (see the module docstring for the layout)."""
     header, table = _header(task)
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    arrow = b"" if table is None else _ipc_stream(table)
-    return b"".join((MAGIC, _LENGTH.pack(len(header_bytes)), header_bytes, arrow))
+    return _with_stream(MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes, table)
 
 
 def encode_tasks(tasks: Sequence[Task[Any]]) -> bytes | None:
@@ -143,8 +142,8 @@ def encode_tasks(tasks: Sequence[Task[Any]]) -> bytes | None:
     header_bytes = json.dumps(
         {"schema": SCHEMA_VERSION, "tasks": headers}, separators=(",", ":")
     ).encode()
-    arrow = _ipc_stream(pa.concat_tables(tables).combine_chunks()) if tables else b""
-    return b"".join((MULTI_MAGIC, _LENGTH.pack(len(header_bytes)), header_bytes, arrow))
+    table = pa.concat_tables(tables).combine_chunks() if tables else None
+    return _with_stream(MULTI_MAGIC + _LENGTH.pack(len(header_bytes)) + header_bytes, table)
 
 
 class TaskPayload:
@@ -208,19 +207,27 @@ def _build(header: dict[str, Any], data: Any) -> Task[Any]:
 
 # The end-of-stream marker of the Arrow IPC stream format.
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+# Tables up to this size are assembled from their messages (see `_with_stream`).
+_ASSEMBLE_MAX_BYTES = 1 << 20
 
 
-def _ipc_stream(table: pa.Table) -> bytes:
-    """The table as an Arrow IPC stream. Without dictionaries it is the schema message, the
-    batches' messages and the end marker, put together directly: the same bytes the stream
-    writer makes, in a third of its time (tiny tasks are encoded by the thousand)."""
-    if any(pa.types.is_dictionary(f.type) or f.type.num_fields for f in table.schema):
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        return bytes(sink.getvalue())
-    parts = [table.schema.serialize(), *(b.serialize() for b in table.to_batches())]
-    return b"".join([*(p.to_pybytes() for p in parts), _EOS])
+def _with_stream(prefix: bytes, table: pa.Table | None) -> bytes:
+    """`prefix`, then the table as an Arrow IPC stream. A small table without dictionaries or
+    nested types is the schema message, the batches' messages and the end marker put together
+    directly: the same bytes the stream writer makes, in a third of its time (tiny tasks are
+    encoded by the thousand). A large one is written by the stream writer behind the prefix,
+    which copies its buffers once, not three times."""
+    if table is None:
+        return prefix
+    simple = not any(pa.types.is_dictionary(f.type) or f.type.num_fields for f in table.schema)
+    if simple and table.nbytes <= _ASSEMBLE_MAX_BYTES:
+        parts = [table.schema.serialize(), *(b.serialize() for b in table.to_batches())]
+        return b"".join([prefix, *(p.to_pybytes() for p in parts), _EOS])
+    sink = pa.BufferOutputStream()
+    sink.write(prefix)
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
 
 
 def decode_task(payload: bytes | memoryview) -> Task[Any]:
