@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
 from gristmill.config import ServiceSettings
+from gristmill.telemetry import configure_logging
 from services.coordinator.app import create_app
 
 
@@ -14,7 +14,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m services.coordinator")
     parser.add_argument("--nats-url", help="NATS server (default: GRISTMILL_NATS_URL)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     asyncio.run(create_app(ServiceSettings.from_env(args.nats_url)).run())
 
 

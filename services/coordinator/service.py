@@ -34,6 +34,7 @@ from gristmill.bus import (
     TaskFailed,
     TaskRetried,
     TasksDone,
+    WhyQuery,
     WorkerState,
     peek,
 )
@@ -58,8 +59,11 @@ from gristmill.bus.subjects import (
     team_subjects,
 )
 from gristmill.config import ServiceSettings
+from gristmill.errors import GristmillError
 from gristmill.loops import LoopSet
 from gristmill.store import TaskStore
+from services.coordinator.api import SAMPLE_EVERY_S, JobViews
+from services.coordinator.http import HttpServer, create_http_app
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
 
 __all__ = ["CoordinatorService"]
@@ -91,12 +95,20 @@ class CoordinatorService:
         self._loops = LoopSet(log)
         self._kv: dict[tuple[str, str], Any] = {}
         self._publisher: Publisher | None = None
+        self.views = JobViews(
+            lambda: self._js, self.store, self.jobs.__getitem__, self.live_workers
+        )
+        self.http: HttpServer | None = None
+        self.http_url = ""
         for team in settings.teams:
             self.broker.subscriber(api_subject(team, "status"), queue="coordinator")(
                 self._status_handler(team)
             )
             self.broker.subscriber(api_subject(team, "gc"), queue="coordinator")(
                 self._gc_handler(team)
+            )
+            self.broker.subscriber(api_subject(team, "why"), queue="coordinator")(
+                self._why_handler(team)
             )
 
     async def after_start(self) -> None:
@@ -113,10 +125,25 @@ class CoordinatorService:
         self._loops.start("assign", self._assign_loop)
         self._loops.start("flush", self._flush_loop)
         self._loops.start("gc", self._gc_loop)
+        self._loops.start("history", self._sample_loop)
+        app = create_http_app(self.views, self.settings.teams, self._all_caught_up)
+        self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
+        self.http_url = await self.http.start()
         log.info("coordinator ready for teams %s", ", ".join(self.settings.teams))
 
+    def _all_caught_up(self) -> bool:
+        return all(event.is_set() for event in self._caught_up.values())
+
+    async def _sample_loop(self) -> None:
+        while True:
+            for team in self.settings.teams:
+                self.views.sample(team)
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
     async def before_stop(self) -> None:
-        """Stop the loops and write what is not written yet."""
+        """Stop serving and the loops, and write what is not written yet."""
+        if self.http is not None:
+            await self.http.stop()
         await self._loops.stop()
         with contextlib.suppress(Exception):
             await self._flush()
@@ -346,6 +373,7 @@ class CoordinatorService:
                 with contextlib.suppress(Exception):
                     await self._kv[team, "jobs"].purge(key)
             del self.jobs[team][job]
+            self.views.forget(team, job)
             self._archived[team] += 1
             archived.append(job)
         if archived:
@@ -453,6 +481,22 @@ class CoordinatorService:
             entry = await self._kv[team, "jobs"].get(archived_key(job))
             return JobState.from_json(entry.value)
         return None
+
+    def _why_handler(self, team: str) -> Any:
+        async def why(msg: NatsMessage) -> bytes:
+            try:
+                query = WhyQuery.from_json(msg.body or b"{}")
+                fate = await self.views.why(team, query.job, query.doc)
+            except GristmillError as exc:
+                return ApiReply(ok=False, error=str(exc)).to_json()
+            if fate is None:
+                error = f"job {query.job!r} has no record of document {query.doc!r}"
+                if query.job not in self.jobs[team]:
+                    error = f"no job {query.job!r} in team {team}"
+                return ApiReply(ok=False, job=query.job, error=error).to_json()
+            return ApiReply(ok=True, job=query.job, data=fate).to_json()
+
+        return why
 
     def _gc_handler(self, team: str) -> Any:
         async def gc(msg: NatsMessage) -> bytes:

@@ -28,6 +28,7 @@ from gristmill.bus import (
     TaskRetried,
     TasksDone,
 )
+from gristmill.telemetry import format_trace_id, trace_id_of
 
 __all__ = ["JobTracker", "StepTally", "WorkerInfo", "assign_slots", "collision_error"]
 
@@ -50,6 +51,7 @@ class StepTally:
     published: dict[str, str] = field(default_factory=dict)  # task id -> parent ("" first tasks)
     done: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # in, out, dropped
     failed: set[str] = field(default_factory=set)
+    dropped_by: dict[str, int] = field(default_factory=dict)  # stage -> documents (all tasks)
     base: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # compacted counts
 
     @property
@@ -68,6 +70,7 @@ class StepTally:
             items_in=items_in + sum(c[0] for c in self.done.values()),
             items_out=items_out + sum(c[1] for c in self.done.values()),
             items_dropped=dropped + sum(c[2] for c in self.done.values()),
+            dropped_by=dict(sorted(self.dropped_by.items())),
         )
 
     def compact(self) -> None:
@@ -155,6 +158,8 @@ class JobTracker:
         tally.failed.discard(result.task_id)  # a dead letter retried with success
         tally.published.setdefault(result.task_id, _UNKNOWN)
         tally.done[result.task_id] = (result.items_in, result.items_out, result.items_dropped)
+        for stage, count in result.dropped_by.items():
+            tally.dropped_by[stage] = tally.dropped_by.get(stage, 0) + count
         self._publish(step + 1, result.output_ids, result.task_id)
         if result.parts:
             self.parts_expected[step + 1, result.task_id] = result.parts
@@ -252,6 +257,7 @@ class JobTracker:
             submitted_at=started.submitted_at if started else 0.0,
             finished_at=self.finished_at if state not in ("pending", "running") else None,
             error=self.error or (self.waiting_for if state == "running" else ""),
+            trace_id=format_trace_id(trace_id_of(self.job)),
         )
 
 

@@ -22,11 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from faststream.nats import NatsMessage
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link
 
-from gristmill import faults
+from gristmill import faults, telemetry
 from gristmill.bus import (
     IDS_PER_PART,
     ApiReply,
@@ -69,7 +73,8 @@ class PlannerService:
         self.settings = settings
         # The planner's writes are a job's acceptance: an I/O error is tried again, backing off.
         self.store = TaskStore(settings.store_root, write_attempts=8)
-        self.broker = service_broker(settings.nats_url, self._reconnected)
+        self.telemetry = telemetry.setup("planner", teams=settings.teams)
+        self.broker = service_broker(settings.nats_url, self._reconnected, self.telemetry.provider)
         # One per team, kept: a pipeline's code is loaded once, not at every submission.
         self._loaders = {team: _team_loader(self.store, team) for team in settings.teams}
         self._publishing: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -90,7 +95,9 @@ class PlannerService:
     async def after_start(self) -> None:
         """Create each team's streams and buckets (idempotent), then finish what a planner
         before this one left half published."""
-        self._publisher = await Publisher(self.broker.config.connection_state.connection).start()
+        nc = self.broker.config.connection_state.connection
+        self.telemetry.attach_span_store(nc, asyncio.get_running_loop())
+        self._publisher = await Publisher(nc).start()
         for team in self.settings.teams:
             layout = TeamLayout(team)
             await ensure_layout(self._js, layout, self.settings.stream_limits())
@@ -105,6 +112,7 @@ class PlannerService:
     async def before_stop(self) -> None:
         """Stop publishing (a planner started later finishes it)."""
         await cancel_all(list(self._publishing.values()))
+        await asyncio.to_thread(self.telemetry.flush)
 
     def _submit_handler(self, team: str) -> Any:
         async def submit(msg: NatsMessage) -> bytes:
@@ -121,7 +129,9 @@ class PlannerService:
         return info
 
     async def submit(self, team: str, payload: bytes) -> ApiReply:
-        """Handle one submission for `team`."""
+        """Handle one submission for `team`. An accepted job's trace starts here: its root
+        span is the submission (from receipt to the reply), with the planning under it."""
+        received = time.time_ns()
         try:
             spec = JobSpec.from_json(payload)
         except MessageError as exc:
@@ -139,8 +149,32 @@ class PlannerService:
         job = planned.record.job
         if await self._known(team, job):
             return ApiReply(ok=True, job=job)  # a resubmitted request: that job, nothing new
-        await self._start(team, planned)
+        with self._job_span(team, job, received, len(planned.manifests)):
+            await self._start(team, planned)
         return ApiReply(ok=True, job=job)
+
+    @contextlib.contextmanager
+    def _job_span(self, team: str, job: str, received: int, manifests: int) -> Iterator[None]:
+        """The job's root span and its planning span (both from `received`), current inside."""
+        asked = trace.get_current_span().get_span_context()  # the submitter's, if it sent one
+        links = [Link(asked, {"gm.link": "submitted_by"})] if asked.is_valid else []
+        attributes = {"gm.team": team, "gm.job": job}
+        with telemetry.fixed_ids(telemetry.trace_id_of(job), telemetry.root_span_id(job)):
+            root = self.telemetry.tracer.start_span(
+                f"job {job}",
+                Context(),
+                links=links,
+                start_time=received,
+                attributes={**attributes, "gm.kind": "job"},
+            )
+        with trace.use_span(root, end_on_exit=True):
+            plan = self.telemetry.tracer.start_span(
+                "plan",
+                start_time=received,
+                attributes={**attributes, "gm.kind": "plan", "gm.manifests": manifests},
+            )
+            with trace.use_span(plan, end_on_exit=True, record_exception=True):
+                yield
 
     async def _plan(self, team: str, spec: JobSpec) -> Planned:
         """Plan off the event loop (the store tries a failed write again itself)."""
@@ -218,6 +252,17 @@ class PlannerService:
     ) -> None:
         assert self._publisher is not None
         job, step = record.job, record.first_step
+        span = self.telemetry.tracer.start_span(
+            "publish",
+            telemetry.job_context(job),
+            attributes={
+                "gm.team": team,
+                "gm.job": job,
+                "gm.kind": "plan",
+                "gm.manifests": len(manifests),
+            },
+        )
+        headers = telemetry.inject({}, trace.set_span_in_context(span))
         try:
             if long:
                 subject = event_subject(team, job, "ids")
@@ -240,7 +285,7 @@ class PlannerService:
             for at in range(0, len(manifests), PUBLISH_BATCH):
                 batch = manifests[at : at + PUBLISH_BATCH]
                 await self._publisher.publish_many(
-                    [(subject, m, msg_id("task", job, step, m.key)) for m in batch]
+                    [(subject, m, msg_id("task", job, step, m.key)) for m in batch], headers
                 )
                 faults.point("planner.manifests")
             jobs = self._jobs[team]
@@ -248,8 +293,11 @@ class PlannerService:
             log.info("job %s: %d manifests published to step %d", job, len(manifests), step)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            span.record_exception(exc)
             log.exception("job %s: publishing its manifests failed; a restart finishes it", job)
+        finally:
+            span.end()
 
     async def _resume(self, team: str) -> None:
         """Finish the jobs a planner before this one recorded but did not publish in full."""

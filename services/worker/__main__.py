@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
 from gristmill.config import ServiceSettings
 from gristmill.executors.ray_cluster import ray_session
+from gristmill.telemetry import configure_logging
 from services.worker.app import create_app
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.slots < 1:
         parser.error("--slots must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     settings = ServiceSettings.from_env(args.nats_url)
     with ray_session():
         asyncio.run(create_app(settings, args.pool, args.slots, args.id).run())

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+
 from gristmill import faults
 from gristmill.bus import (
     DeadLetter,
@@ -33,6 +35,7 @@ from gristmill.bus import (
 from gristmill.bus.client import Publisher
 from gristmill.bus.jobs import JobRecord, done_key, msg_id
 from gristmill.bus.subjects import dlq_subject, event_subject, parse_subject, task_subject
+from gristmill.telemetry import inject
 from services.worker.outcome import child_manifests, results_of
 
 __all__ = ["Effects", "Failure", "Work"]
@@ -69,12 +72,14 @@ class Effects:
         publisher: Publisher,
         done_kv: Any,
         group_size: Callable[[str, int], int],
+        tracer: trace.Tracer | None = None,
     ):
         self.team = team
         self.worker = worker
         self.publisher = publisher
         self.done_kv = done_kv
         self.group_size = group_size
+        self.tracer = tracer or trace.NoOpTracer()
 
     async def triage(self, msg: Any, record: JobRecord) -> Work | None:
         """The work in `msg` if it is to run; otherwise settle the message here."""
@@ -110,14 +115,17 @@ class Effects:
         manifest = work.manifest
         job, step = manifest.job, manifest.step
         last = step + 1 == len(record.steps)
-        results, children, parts = results_of(manifest, raw, last)
+        results, children, parts = results_of(manifest, raw, last, work.attempt)
         if children:
             size = self.group_size(record.fingerprint, step + 1)
             made = child_manifests(
                 job, step + 1, record.steps[step + 1].name, manifest.key, children, size
             )
             subject = task_subject(self.team, job, str(step + 1))
-            await self._publish([(subject, m, msg_id("task", job, step + 1, m.key)) for m in made])
+            with self._span("publish", job, manifests=len(made), tasks=len(children)):
+                await self._publish(
+                    [(subject, m, msg_id("task", job, step + 1, m.key)) for m in made]
+                )
         faults.point("worker.children_published")
         if parts:
             subject = event_subject(self.team, job, "ids")
@@ -271,7 +279,9 @@ class Effects:
         for letter, f in letters:
             mid = msg_id("dlq", f.job, f.step, f"{letter.failure.task_id}.{seq}")
             dead[mid] = (dlq_subject(self.team, f.job, str(f.step)), letter, mid)
-        await self._publish(list(dead.values()))
+        first = letters[0][1]
+        with self._span("dead_letter", first.job, tasks=len(letters), error=first.error[:500]):
+            await self._publish(list(dead.values()))
         faults.point("worker.dead_lettered")
         await self._publish(
             [
@@ -316,5 +326,13 @@ class Effects:
             return False
         return True
 
+    def _span(self, name: str, job: str, **attributes: Any) -> Any:
+        """A child span of the attempt at hand, in the job's trace."""
+        extra = {f"gm.{k}": v for k, v in attributes.items()}
+        return self.tracer.start_as_current_span(
+            name, attributes={"gm.team": self.team, "gm.job": job, **extra}
+        )
+
     async def _publish(self, items: list[tuple[str, Message, str]]) -> None:
-        await self.publisher.publish_many(items)
+        """Publish, with the trace context of the attempt at hand in each message's headers."""
+        await self.publisher.publish_many(items, inject({}))

@@ -27,6 +27,7 @@ from gristmill.bus import (
     TaskResult,
 )
 from gristmill.bus.jobs import group_key
+from gristmill.telemetry import attempt_span_id, format_span_id
 
 __all__ = ["GROUP_MAX_BYTES", "Child", "child_manifests", "group_size_for", "results_of"]
 
@@ -45,14 +46,16 @@ class Child:
     dataset: str
     ref: DataRef
     parent: str
+    parent_span: str = ""  # the span of the attempt that made it
 
 
 def results_of(
-    manifest: TaskManifest, raw: list[dict[str, Any]], last: bool
+    manifest: TaskManifest, raw: list[dict[str, Any]], last: bool, attempt: int = 1
 ) -> tuple[list[TaskResult], list[Child], list[IdsPart]]:
-    """The `TaskResult` of each task of `manifest` from the actor's `raw` results (all ok), the
-    next step's tasks (none after the last step), and the `IdsPart`s of any task that made more
-    than `IDS_PER_PART` outputs (on the last step they carry the output refs too)."""
+    """The `TaskResult` of each task of `manifest` from the actor's `raw` results (all ok) of
+    attempt `attempt`, the next step's tasks (none after the last step), and the `IdsPart`s of
+    any task that made more than `IDS_PER_PART` outputs (on the last step they carry the output
+    refs too)."""
     results: list[TaskResult] = []
     children: list[Child] = []
     parts: list[IdsPart] = []
@@ -60,8 +63,11 @@ def results_of(
         ids: list[str] = result["output_ids"]
         refs = [_ref(fields) for fields in result["refs"]]
         if not last:
+            span = format_span_id(
+                attempt_span_id(manifest.job, manifest.step, entry.task_id, attempt)
+            )
             children += [
-                Child(task_id, dataset, ref, entry.task_id)
+                Child(task_id, dataset, ref, entry.task_id, span)
                 for task_id, dataset, ref in zip(ids, result["datasets"], refs, strict=True)
             ]
         counts = {
@@ -69,6 +75,7 @@ def results_of(
             "items_out": result["items_out"],
             "items_dropped": result["items_dropped"],
             "wall_time_s": result["wall_time_s"],
+            "dropped_by": result.get("dropped_by") or {},
         }
         if len(ids) <= IDS_PER_PART:
             outputs = refs if last else []
@@ -135,7 +142,11 @@ def child_manifests(
 
     for child in children:
         entry = TaskEntry(
-            task_id=child.task_id, dataset=child.dataset, inputs=[child.ref], parents=[child.parent]
+            task_id=child.task_id,
+            dataset=child.dataset,
+            inputs=[child.ref],
+            parents=[child.parent],
+            parent_span=child.parent_span,
         )
         if not child.ref.inline and child.ref.part < 0:  # a large task: it travels alone
             manifests.append(

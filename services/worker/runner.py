@@ -24,7 +24,16 @@ from gristmill.pipeline import Pipeline
 from gristmill.pipeline.portable import CodeLoader
 from gristmill.stages import NodeInfo, WorkerMetadata, run_stage
 from gristmill.store import TaskStore
-from gristmill.tasks import FileGroupTask, Task, check_task_id, drop_count
+from gristmill.tasks import (
+    WRITTEN_KEY,
+    FileGroupTask,
+    Task,
+    check_task_id,
+    drop_count,
+    drop_groups,
+    drops_by_stage,
+    iter_drops,
+)
 
 __all__ = ["StepRunner"]
 
@@ -82,30 +91,42 @@ class StepRunner:
     def _manifest(self, manifest: TaskManifest) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         made: list[list[Task[Any]]] = []
+        fates: list[dict[str, Any]] = []
         for entry in manifest.tasks:
             self._current = (entry.task_id, time.monotonic())
-            result, outputs = self._task(entry.inputs)
+            result, outputs = self._task(entry.task_id, entry.inputs, fates)
             results.append(result)
             made.append(outputs)
         if not all(r["ok"] for r in results):
             return results  # the manifest is retried task by task: nothing of it is kept
+        started = time.time_ns()
         try:
             flat = [task for outputs in made for task in outputs]
-            refs = iter(
-                self.store.put_tasks(self.team, manifest.job, self.step, manifest.key, flat)
-            )
+            stored = self.store.put_tasks(self.team, manifest.job, self.step, manifest.key, flat)
+            if fates:
+                self.store.put_fates(self.team, manifest.job, self.step, manifest.key, fates)
         except GristmillError as exc:
             return [_failure(exc, traceback.format_exc()) for _ in manifest.tasks]
+        written = {(r.uri, r.offset): r.bytes for r in stored if r.uri}
+        # the write is the manifest's: its span goes under the first task's attempt
+        results[0]["write"] = (started, time.time_ns(), sum(written.values()), len(fates))
+        refs = iter(stored)
         for result, outputs in zip(results, made, strict=True):
             # as plain fields: a tuple crosses the actor boundary cheaper than a model
             result["refs"] = [_fields(next(refs)) for _ in outputs]
         return results
 
-    def _task(self, inputs: list[Any]) -> tuple[dict[str, Any], list[Task[Any]]]:
+    def _task(
+        self, task_id: str, inputs: list[Any], fates: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any], list[Task[Any]]]:
+        """Run one task; add what became of its documents to `fates`."""
+        read_from = time.time_ns()
         try:
             tasks = [self.store.get(ref, self.team) for ref in inputs]
+            read_to = time.time_ns()
             items_in = sum(t.num_items for t in tasks)
             drops_in = sum(drop_count(t) for t in tasks)
+            known = {id(g) for t in tasks for g in drop_groups(t)}
             started = time.perf_counter()
             outputs = run_stage(self.stage, tasks)
             wall = time.perf_counter() - started
@@ -114,6 +135,12 @@ class StepRunner:
         except Exception as exc:
             detail = exc.traceback if isinstance(exc, StageError) else traceback.format_exc()
             return _failure(exc, detail), []
+        new = [g for out in outputs for g in drop_groups(out) if id(g) not in known]
+        where = {"step": self.step, "task": task_id}
+        fates += [{**r, **where, "fate": "dropped"} for r in iter_drops(new)]
+        for out in outputs:
+            for entry in out._metadata.pop(WRITTEN_KEY, ()):
+                fates.append({**entry, **where, "fate": "kept"})
         return {
             "ok": True,
             "output_ids": [out.task_id for out in outputs],
@@ -121,7 +148,9 @@ class StepRunner:
             "items_in": items_in,
             "items_out": sum(_documents(out) for out in outputs),
             "items_dropped": max(0, sum(drop_count(out) for out in outputs) - drops_in),
+            "dropped_by": drops_by_stage(new),
             "wall_time_s": wall,
+            "read": (read_from, read_to, sum(ref.bytes for ref in inputs)),
         }, outputs
 
 

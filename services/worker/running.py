@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
 from gristmill import faults
 from gristmill.bus.jobs import JobRecord
 from gristmill.config import ServiceSettings
@@ -26,6 +29,7 @@ from gristmill.stages import Resources
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.effects import Effects, Failure, Work
 from services.worker.pulling import KeepAlive, Slots
+from services.worker.spans import AttemptSpans
 
 __all__ = ["BatchRunner", "Lost"]
 
@@ -55,8 +59,10 @@ class BatchRunner:
         slots: Slots,
         actors: ActorPool,
         wanted: Callable[[], set[ActorKey]],
+        spans: AttemptSpans | None = None,
     ):
         self.settings = settings
+        self.spans = spans or AttemptSpans(trace.NoOpTracer(), worker, "")
         self.worker = worker
         self.slots = slots
         self.actors = actors
@@ -74,9 +80,13 @@ class BatchRunner:
             triaged = await asyncio.gather(*(effects.triage(m, record) for m in msgs))
             works = [w for w in triaged if w is not None]
             if works:
-                outcome = await self._run(record, step, works)
+                spans = [self.spans.start(record, w) for w in works]
+                outcome, actor = await self._run(record, step, works)
                 await asyncio.gather(
-                    *(self._settle(effects, record, w, outcome, i) for i, w in enumerate(works))
+                    *(
+                        self._settle(effects, record, w, outcome, i, spans[i], actor)
+                        for i, w in enumerate(works)
+                    )
                 )
         except Exception:
             log.exception(
@@ -90,7 +100,33 @@ class BatchRunner:
             keeper.stop()
 
     async def _settle(
-        self, effects: Effects, record: JobRecord, work: Work, outcome: Any, index: int
+        self,
+        effects: Effects,
+        record: JobRecord,
+        work: Work,
+        outcome: Any,
+        index: int,
+        spans: list[Span],
+        actor: str,
+    ) -> None:
+        """Settle one manifest inside the span of its first task's attempt, then end the
+        attempts' spans."""
+        try:
+            with trace.use_span(spans[0], end_on_exit=False):
+                await self._settle_in_span(effects, record, work, outcome, index, spans, actor)
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _settle_in_span(
+        self,
+        effects: Effects,
+        record: JobRecord,
+        work: Work,
+        outcome: Any,
+        index: int,
+        spans: list[Span],
+        actor: str,
     ) -> None:
         tasks = work.manifest.tasks
         if isinstance(outcome, Lost):
@@ -98,6 +134,9 @@ class BatchRunner:
             # The task that hung failed its attempt; when the actor died of something unknown,
             # every task it ran did. The others beside a hung task lose no attempt for it.
             hit = {t.task_id: failure for t in tasks if outcome.hung in (None, "?", t.task_id)}
+            for task, span in zip(tasks, spans, strict=True):
+                if task.task_id in hit:
+                    self.spans.failed(span, outcome.error, outcome.detail)
             if len(tasks) > 1:
                 await effects.split(work.msg, work.manifest, record, hit)
             elif hit:
@@ -106,6 +145,7 @@ class BatchRunner:
                 await effects.requeue(work)
             return
         raw: list[dict[str, Any]] = outcome[index]
+        self.spans.ran(spans, raw, actor)
         if all(r["ok"] for r in raw):
             await effects.finish(work, record, raw)
         elif len(tasks) > 1:
@@ -118,8 +158,9 @@ class BatchRunner:
         else:
             await effects.failed(work, record, raw[0]["error"], raw[0]["traceback"])
 
-    async def _run(self, record: JobRecord, step: int, works: list[Work]) -> Any:
-        """Per manifest, the actor's per-task results; or `Lost` for the whole batch."""
+    async def _run(self, record: JobRecord, step: int, works: list[Work]) -> tuple[Any, str]:
+        """Per manifest, the actor's per-task results, or `Lost` for the whole batch; and the
+        actor that ran them."""
         import ray
 
         key: ActorKey = (record.spec.team, record.fingerprint, step)
@@ -128,6 +169,7 @@ class BatchRunner:
         started = time.perf_counter()
         try:
             actor = self.actors.take(key) or await self._start_actor(key, record, step)
+            name = _actor_id(actor)
             call = asyncio.ensure_future(
                 _await(actor.run.remote([w.manifest.to_json() for w in works]))
             )
@@ -144,18 +186,17 @@ class BatchRunner:
                         f"TaskTimeout: task {hung} of step {step} '{record.steps[step].name}' ran "
                         f"past task_timeout_s={timeout:g}; its actor was stopped"
                     )
-                    return Lost(error, error, hung)
+                    return Lost(error, error, hung), name
             try:
                 results = call.result()
             except ray.exceptions.RayError as exc:
                 await self._stop(key, actor)
                 cause = getattr(exc, "cause", None) or exc
-                return Lost(
-                    f"{type(cause).__name__}: {cause}", getattr(cause, "traceback", "") or str(exc)
-                )
+                error = f"{type(cause).__name__}: {cause}"
+                return Lost(error, getattr(cause, "traceback", "") or str(exc)), name
             self.actors.give_back(key, actor, time.monotonic())
             self._measure(record.fingerprint, step, works, time.perf_counter() - started)
-            return results
+            return results, name
         finally:
             self.running -= 1
             await self.slots.release()
@@ -213,6 +254,13 @@ class BatchRunner:
     async def _stop(self, key: ActorKey, actor: Any) -> None:
         self.actors.lost(key)
         await asyncio.to_thread(_kill, actor)
+
+
+def _actor_id(actor: Any) -> str:
+    try:
+        return str(actor._actor_id.hex())
+    except AttributeError:
+        return ""
 
 
 async def _await(ref: Any) -> Any:

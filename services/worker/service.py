@@ -17,6 +17,7 @@ import socket
 import time
 from typing import Any
 
+from gristmill import telemetry
 from gristmill.bus import WorkerState
 from gristmill.bus.broker import service_broker
 from gristmill.bus.client import Publisher
@@ -31,6 +32,7 @@ from services.worker.heartbeat import Heartbeat
 from services.worker.outcome import group_size_for
 from services.worker.pulling import KeepAlive, Puller, Slots
 from services.worker.running import BatchRunner, _kill
+from services.worker.spans import AttemptSpans
 
 __all__ = ["WorkerService", "default_worker_id"]
 
@@ -64,7 +66,13 @@ class WorkerService:
         self.broker = service_broker(settings.nats_url, self._reconnected)
         self.slots = Slots(slots)
         self.actors = ActorPool(idle_s=settings.idle_actor_s)
-        self.runner = BatchRunner(settings, self.worker_id, self.slots, self.actors, self._wanted)
+        self.telemetry = telemetry.setup(
+            "worker", worker=self.worker_id, pool=pool, teams=settings.teams
+        )
+        spans = AttemptSpans(self.telemetry.tracer, self.worker_id, pool)
+        self.runner = BatchRunner(
+            settings, self.worker_id, self.slots, self.actors, self._wanted, spans
+        )
         self._assigned: Wanted = {}
         self._pullers: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         self._records: dict[tuple[str, str], JobRecord] = {}
@@ -82,6 +90,7 @@ class WorkerService:
         if not ray.is_initialized():
             raise RuntimeError("the worker needs Ray: start it inside ray_session()")
         nc = self.broker.config.connection_state.connection
+        self.telemetry.attach_span_store(nc, asyncio.get_running_loop())
         publisher = await Publisher(nc).start()
         for team in self.settings.teams:
             layout = TeamLayout(team)
@@ -89,7 +98,12 @@ class WorkerService:
             for purpose in ("jobs", "done", "assignments", "workers"):
                 self._kv[team, purpose] = await self._js.key_value(layout.bucket(purpose))
             self._effects[team] = Effects(
-                team, self.worker_id, publisher, self._kv[team, "done"], self._group_size
+                team,
+                self.worker_id,
+                publisher,
+                self._kv[team, "done"],
+                self._group_size,
+                self.telemetry.tracer,
             )
         buckets = {team: self._kv[team, "workers"] for team in self.settings.teams}
         self._heartbeat = Heartbeat(self.worker_id, buckets, self._state)
@@ -110,6 +124,7 @@ class WorkerService:
         await cancel_all(list(self._pullers.values()))
         if self._heartbeat is not None:
             await self._heartbeat.withdraw()
+        await asyncio.to_thread(self.telemetry.flush)  # the span store exports on this loop
 
     async def _reconnected(self) -> None:
         await self._loops.restart()

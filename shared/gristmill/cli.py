@@ -24,9 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="check a pipeline spec and print its plan")
     describe.add_argument("spec", help="path of a pipeline spec (YAML)")
     describe.add_argument("--no-fuse", action="store_true", help="show the plan without fusion")
-    why = commands.add_parser("why", help="say which stage dropped a document, and why")
+    why = commands.add_parser(
+        "why", help="say which stage dropped a document and why, or where it was kept"
+    )
     why.add_argument("doc_id", help="the document's id (as in its id column, or FILE:LINE)")
-    why.add_argument("--drops", required=True, help="a writer's drops_path (directory or URL)")
+    where = why.add_mutually_exclusive_group(required=True)
+    where.add_argument("--drops", help="a writer's drops_path (directory or URL)")
+    where.add_argument("--job", help="a service job (asks the service)")
+    why.add_argument("--state-dir", help="the service's state (with --job)")
+    why.add_argument("--team", default="default", help="the team (with --job; default: default)")
     service_cli.add_commands(commands)
     return parser
 
@@ -39,11 +45,7 @@ def _why(doc_id: str, drops_path: str) -> int:
             if record["id"] != doc_id:
                 continue
             found = True
-            detail = [f"score {record['score']}"] if "score" in record else []
-            if "threshold" in record:
-                detail.append(f"threshold {json.dumps(record['threshold'])}")
-            extra = f" ({', '.join(detail)})" if detail else ""
-            print(f"{doc_id}: dropped by stage '{record['stage']}': {record['reason']}{extra}")
+            print(service_cli.describe_fate(doc_id, record))
     if not found:
         print(f"{doc_id}: no drop record under {drops_path}")
     return 0 if found else 1
@@ -60,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "describe":
             pipeline = Pipeline.from_spec(args.spec)
             print(pipeline.build(fuse=not args.no_fuse).describe())
-        elif args.command == "why":
+        elif args.command == "why" and args.job is None:
             return _why(args.doc_id, args.drops)
-        elif args.command in service_cli.COMMANDS:
+        elif args.command in (*service_cli.COMMANDS, "why"):
             return service_cli.run_command(args)
     except GristmillError as exc:
         print(f"gristmill: error: {exc}", file=sys.stderr)

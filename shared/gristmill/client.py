@@ -304,12 +304,65 @@ class ServiceClient:
             f"{msg_id('retry', manifest.job, step, entry.task_id)}.{once}",
         )
 
+    async def why(self, job: str, doc_id: str) -> dict[str, Any]:
+        """What became of document `doc_id` in `job`: the coordinator's answer from the
+        job's drop records (stage, reason, score, threshold, task, trace id) or, for a kept
+        document, the file it is in."""
+        from gristmill.bus import WhyQuery
+
+        return _ok(await request(self.nc, self.team, "why", WhyQuery(job=job, doc=doc_id))).data
+
+    async def trace(self, job_or_task: str) -> dict[str, Any]:
+        """The trace of a job (or of the job a task id belongs to, only that task's spans), as
+        `gristmill trace --json` prints it, read from the span store."""
+        from gristmill.telemetry import format_trace_id, trace_id_of
+        from gristmill.telemetry.spanstore import read_spans
+        from gristmill.telemetry.view import for_task, trace_document
+
+        job, task = job_or_task, None
+        spans = await read_spans(self.js, self.team, job) if _is_token(job) else []
+        if not spans:  # a task id? find its job among the stored spans
+            everything = await read_spans(self.js, self.team)
+            owners = {
+                s["attributes"].get("gm.job")
+                for s in everything
+                if s.get("attributes", {}).get("gm.task") == job_or_task
+            }
+            if len(owners) == 1:
+                [job] = owners
+                task = job_or_task
+                spans = [s for s in everything if s.get("attributes", {}).get("gm.job") == job]
+            elif len(owners) > 1:
+                jobs = ", ".join(sorted(str(o) for o in owners))
+                raise GristmillError(
+                    f"task {job_or_task!r} is in several jobs' traces ({jobs}); name the job"
+                )
+            else:
+                raise GristmillError(
+                    f"no spans stored for job or task {job_or_task!r} of team {self.team} (spans "
+                    f"are kept for 7 days, 256 MiB per team; is GRISTMILL_TRACING off?)"
+                )
+        document = trace_document(format_trace_id(trace_id_of(job)), spans)
+        if task is not None:
+            document["spans"] = for_task(document["spans"], task)
+        return document
+
     async def gc(self, older_than_s: float | None = None) -> list[str]:
         """Archive the team's jobs finished more than `older_than_s` ago (default: the
         service's retention); returns the jobs archived."""
         query = GcQuery(older_than_s=older_than_s)
         reply = _ok(await request(self.nc, self.team, "gc", query, timeout_s=120.0))
         return list(reply.data["archived"])
+
+
+def _is_token(name: str) -> bool:
+    from gristmill.bus.subjects import check_token
+
+    try:
+        check_token("job", name)
+    except GristmillError:
+        return False
+    return True
 
 
 def _ok(reply: ApiReply) -> ApiReply:

@@ -13,6 +13,11 @@ override them).
 | GRISTMILL_STREAM_MAX_BYTES | 1 GiB                       | each team's tasks/events/DLQ streams |
 | GRISTMILL_RETENTION_S    | 86400 (a day)                 | finished jobs kept before collection |
 | GRISTMILL_IDLE_ACTOR_S   | 60                            | an idle step actor is stopped after  |
+| GRISTMILL_HTTP_HOST      | 127.0.0.1                     | the coordinator's HTTP API listens on|
+| GRISTMILL_HTTP_PORT      | 0 (any free port; `up` picks) | ... and on this port                 |
+| GRISTMILL_TRACING        | 1                             | trace jobs (OpenTelemetry)           |
+
+OTLP export uses OpenTelemetry's own variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...).
 """
 
 from __future__ import annotations
@@ -63,6 +68,14 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+def _port(raw: str) -> int:
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) > 65535:
+        raise GristmillError(f"GRISTMILL_HTTP_PORT must be a port number (0-65535), got {raw!r}")
+    return int(raw)
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -81,6 +94,8 @@ class ServiceSettings:
     stream_max_bytes: int = 1 << 30
     retention_s: float = 86400.0
     idle_actor_s: float = 60.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -117,6 +132,8 @@ class ServiceSettings:
             stream_max_bytes=int(_number("GRISTMILL_STREAM_MAX_BYTES", 1 << 30)),
             retention_s=_number("GRISTMILL_RETENTION_S", 86400.0),
             idle_actor_s=_number("GRISTMILL_IDLE_ACTOR_S", 60.0),
+            http_host=os.environ.get("GRISTMILL_HTTP_HOST", "127.0.0.1"),
+            http_port=_port(os.environ.get("GRISTMILL_HTTP_PORT", "")),
         )
 
     def env(self) -> dict[str, str]:
@@ -132,6 +149,8 @@ class ServiceSettings:
             "GRISTMILL_STREAM_MAX_BYTES": str(self.stream_max_bytes),
             "GRISTMILL_RETENTION_S": repr(self.retention_s),
             "GRISTMILL_IDLE_ACTOR_S": repr(self.idle_actor_s),
+            "GRISTMILL_HTTP_HOST": self.http_host,
+            "GRISTMILL_HTTP_PORT": str(self.http_port),
         }
 
 

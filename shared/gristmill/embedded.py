@@ -118,6 +118,12 @@ class EmbeddedService:
         return self.settings.nats_url
 
     @property
+    def http_url(self) -> str:
+        """Where the coordinator serves its HTTP API, `/metrics` and the dashboard."""
+        assert self.settings is not None, "not started"
+        return f"http://{self.settings.http_host}:{self.settings.http_port}"
+
+    @property
     def processes(self) -> dict[str, subprocess.Popen[bytes]]:
         """The live child processes by name."""
         with self._lock:
@@ -143,6 +149,7 @@ class EmbeddedService:
         else:
             url = self.nats_url
         limits = {k: v for k, v in self._limits.items() if v is not None}
+        http_port = int(os.environ.get("GRISTMILL_HTTP_PORT") or 0) or _free_port()
         self.settings = ServiceSettings(
             nats_url=url,
             state_dir=self.state_dir,
@@ -151,6 +158,7 @@ class EmbeddedService:
             output_root=self.output_root,
             trust_code=self.trust_code,
             input_roots=self.input_roots,
+            http_port=http_port,
             **limits,  # type: ignore[arg-type]
         )
         self._ray = contextlib.ExitStack()
@@ -170,6 +178,7 @@ class EmbeddedService:
         asyncio.run(self._wait_ready([n for n in self.children if _is_worker(n)]))
         record = {
             "nats_url": url,
+            "http_url": self.http_url,
             "pid": os.getpid(),
             "store": self.settings.store_root,
             "processes": {name: p.pid for name, p in self.processes.items()},
@@ -301,6 +310,9 @@ class EmbeddedService:
                         break
                     except ServiceUnavailable:
                         await self._pause(deadline, f"the service to answer {verb}")
+            while not await asyncio.to_thread(_answers, f"{self.http_url}/healthz"):
+                self._check_alive()
+                await self._pause(deadline, f"the coordinator's HTTP API on {self.http_url}")
             kv = await client.js.key_value(TeamLayout(self.teams[0]).bucket("workers"))
             for worker in workers:
                 while True:
@@ -411,6 +423,29 @@ class EmbeddedService:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port free on loopback now (the coordinator keeps it across its restarts)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (with any status)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1.0):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
 
 
 def _is_worker(name: str) -> bool:

@@ -20,9 +20,9 @@ from gristmill.config import SERVICE_FILE, ServiceSettings, nats_url, state_dir
 from gristmill.errors import GristmillError
 from gristmill.pipeline.spec import load_spec
 
-__all__ = ["add_commands", "run_command"]
+__all__ = ["add_commands", "describe_fate", "run_command"]
 
-COMMANDS = ("up", "down", "submit", "status", "dlq", "gc", "run")
+COMMANDS = ("up", "down", "submit", "status", "dlq", "gc", "run", "trace")
 
 
 def add_commands(commands: Any) -> None:
@@ -55,6 +55,12 @@ def add_commands(commands: Any) -> None:
         help="jobs finished longer ago than this (default: GRISTMILL_RETENTION_S, a day)",
     )
     _client_flags(gc)
+    trace = commands.add_parser(
+        "trace", help="a job's trace: every task attempt as a waterfall, critical path marked"
+    )
+    trace.add_argument("target", metavar="JOB|TASK", help="a job id, or a task id")
+    trace.add_argument("--json", action="store_true", help="print the spans as JSON")
+    _client_flags(trace)
     run = commands.add_parser("run", help="up (if needed) + submit --wait")
     _job_flags(run)
     _service_flags(run, with_state=False)
@@ -271,6 +277,11 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _submit(client, args)
         if args.command == "status":
             return await _status(client, args.job)
+        if args.command == "trace":
+            return await _trace(client, args)
+        if args.command == "why":
+            print(describe_fate(args.doc_id, await client.why(args.job, args.doc_id)))
+            return 0
         if args.command == "gc":
             archived = await client.gc(args.older_than)
             print(f"archived {len(archived)} finished jobs" + "".join(f"\n  {j}" for j in archived))
@@ -294,6 +305,9 @@ async def _submit(client: ServiceClient, args: argparse.Namespace) -> int:
         f"{state.items_out} out, {state.items_dropped} dropped; "
         f"{state.tasks_failed} failed tasks"
     )
+    table = _drops_table(state)
+    if table:
+        print(table)
     if spec.output:
         print(f"output: {spec.output}")
     if state.tasks_failed:
@@ -345,11 +359,52 @@ async def _status(client: ServiceClient, job: str | None) -> int:
     return 0
 
 
+def _drops_table(state: JobState) -> str:
+    """Documents dropped per step and stage (filter), largest first."""
+    rows = [
+        (f"{index} {step.name if len(step.name) <= 40 else step.name[:37] + '...'}", stage, count)
+        for index, step in enumerate(state.steps)
+        for stage, count in sorted(step.dropped_by.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    if not rows:
+        return ""
+    widths = [max(len(r[0]) for r in [*rows, ("step", "", 0)]), max(len(r[1]) for r in rows)]
+    widths[1] = max(widths[1], len("dropped by"))
+    lines = [f"{'step':<{widths[0]}}  {'dropped by':<{widths[1]}}  documents"]
+    lines += [f"{s:<{widths[0]}}  {f:<{widths[1]}}  {c:>9}" for s, f, c in rows]
+    return "\n".join(lines)
+
+
+def describe_fate(doc_id: str, fate: dict[str, Any]) -> str:
+    """One line on what became of a document, from a drop record or the service's answer."""
+    where = ""
+    if "task" in fate:
+        where = f" [step {fate.get('step')}, task {fate['task']}"
+        where += f", trace {fate['trace_id']}]" if fate.get("trace_id") else "]"
+    if fate.get("fate") == "kept":
+        return f"{doc_id}: kept, in {fate.get('file')}{where}"
+    detail = [f"score {json.dumps(fate['score'])}"] if "score" in fate else []
+    if "threshold" in fate:
+        detail.append(f"threshold {json.dumps(fate['threshold'])}")
+    if "duplicate_of" in fate:
+        detail.append(f"duplicate of {fate['duplicate_of']}")
+    extra = f" ({', '.join(detail)})" if detail else ""
+    return f"{doc_id}: dropped by stage '{fate['stage']}': {fate['reason']}{extra}{where}"
+
+
+async def _trace(client: ServiceClient, args: argparse.Namespace) -> int:
+    from gristmill.telemetry.view import waterfall
+
+    document = await client.trace(args.target)
+    print(json.dumps(document, indent=2) if args.json else waterfall(document))
+    return 0
+
+
 def _print_state(state: JobState) -> None:
     print(
         f"{state.job}  {state.pipeline or '-'}  {state.state}  tasks {state.tasks_done}/"
         f"{state.tasks_published} done, {state.tasks_failed} failed  documents "
-        f"{state.items_out} out, {state.items_dropped} dropped"
+        f"{state.items_out} out, {state.items_dropped} dropped  trace {state.trace_id}"
     )
     if state.error:
         print(f"  {state.error}")

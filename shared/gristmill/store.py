@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import posixpath
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -214,6 +215,27 @@ class TaskStore:
         uri = fs.join(self.job_root(team, job), f"plan.{digest[:16]}.jsonl")
         fs.write_once(uri, payload)
         return DataRef(uri=uri, format="gristmill-plan", rows=0, bytes=len(payload), sha256=digest)
+
+    def put_fates(
+        self, team: str, job: str, step: int, key: str, records: Sequence[dict[str, Any]]
+    ) -> None:
+        """Store what manifest `key` of `step` did with its documents (drop records, and which
+        file each kept document went into), for `gristmill why`; a rerun writes the same."""
+        check_task_id(key, "manifest key")
+        uri = fs.join(self.job_root(team, job), f"fates/{step}/{key}.jsonl")
+        lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+        with fs.atomic_write(uri) as handle:
+            handle.write(lines.encode())
+
+    def fates(self, team: str, job: str) -> Iterator[dict[str, Any]]:
+        """Every record `put_fates` stored for the job, step by step."""
+        root = fs.join(self.job_root(team, job), "fates")
+        if not fs.exists(root):
+            return
+        for path in sorted(fs.expand_paths(root, [".jsonl"], "the fates of a job")):
+            for line in fs.read_bytes(path).decode().splitlines():
+                if line:
+                    yield json.loads(line)
 
     def delete_job(self, team: str, job: str) -> bool:
         """Remove every payload of a job; False when it had none."""

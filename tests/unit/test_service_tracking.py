@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import time
 
 import pytest
@@ -51,6 +53,7 @@ def done(
     counts: tuple[int, int, int] = (0, 0, 0),
     job: str = "j1",
     attempt: int = 1,
+    dropped_by: dict[str, int] | None = None,
 ) -> TasksDone:
     items_in, items_out, items_dropped = counts
     result = TaskResult(
@@ -60,6 +63,7 @@ def done(
         items_out=items_out,
         items_dropped=items_dropped,
         wall_time_s=0.5,
+        dropped_by=dropped_by or {},
     )
     return TasksDone(job=job, step=step, key=task_id, results=[result], attempt=attempt)
 
@@ -91,7 +95,9 @@ def test_a_job_without_its_start_event_is_pending_and_never_finished() -> None:
     tracker = JobTracker("j1")
     tracker.on_done(done("a", 1))
     assert not tracker.finished
-    assert tracker.state() == JobState(job="j1", state="pending")
+    # the trace id is the job's, derived from its id (sha256 of "gm-trace\0j1", 16 bytes)
+    trace_id = hashlib.sha256(b"gm-trace\0j1").hexdigest()[:32]
+    assert tracker.state() == JobState(job="j1", state="pending", trace_id=trace_id)
 
 
 def test_a_repeated_task_done_counts_once() -> None:
@@ -213,9 +219,12 @@ def test_a_failure_reported_after_the_task_succeeded_is_ignored() -> None:
 def test_job_state_counts_every_step_and_takes_items_out_from_the_last() -> None:
     tracker = JobTracker("j1")
     tracker.on_started(started())
-    tracker.on_done(done("a", 1, ("a0",), counts=(1, 40, 10)))
-    tracker.on_done(done("b", 1, ("b0",), counts=(1, 30, 20)))
+    tracker.on_done(done("a", 1, ("a0",), (1, 40, 10), dropped_by={"WordCountFilter": 10}))
+    by = {"WordCountFilter": 5, "UrlsFilter": 15}
+    tracker.on_done(done("b", 1, ("b0",), (1, 30, 20), dropped_by=by))
+    tracker.on_done(done("b", 1, ("b0",), (1, 30, 20), dropped_by=by))  # a repeat: once
     tracker.on_done(done("a0", 2, ("a0.jsonl",), counts=(40, 40, 0)))
+    trace_id = tracker.state().trace_id
     assert tracker.state() == JobState(
         job="j1",
         state="running",
@@ -229,12 +238,19 @@ def test_job_state_counts_every_step_and_takes_items_out_from_the_last() -> None
         steps=[
             StepCounts(name="file_partitioning"),
             StepCounts(
-                name="read+filter", published=2, done=2, items_in=2, items_out=70, items_dropped=30
+                name="read+filter",
+                published=2,
+                done=2,
+                items_in=2,
+                items_out=70,
+                items_dropped=30,
+                dropped_by={"UrlsFilter": 15, "WordCountFilter": 15},
             ),
             StepCounts(name="jsonl_writer", published=2, done=1, items_in=40, items_out=40),
         ],
         submitted_at=1000.0,
         finished_at=None,
+        trace_id=trace_id,
     )
     tracker.on_done(done("b0", 2, ("b0.jsonl",), counts=(30, 29, 1)))
     final = tracker.state()
@@ -252,7 +268,13 @@ def test_job_state_counts_every_step_and_takes_items_out_from_the_last() -> None
         steps=[
             StepCounts(name="file_partitioning"),
             StepCounts(
-                name="read+filter", published=2, done=2, items_in=2, items_out=70, items_dropped=30
+                name="read+filter",
+                published=2,
+                done=2,
+                items_in=2,
+                items_out=70,
+                items_dropped=30,
+                dropped_by={"UrlsFilter": 15, "WordCountFilter": 15},
             ),
             StepCounts(
                 name="jsonl_writer",
@@ -264,6 +286,7 @@ def test_job_state_counts_every_step_and_takes_items_out_from_the_last() -> None
             ),
         ],
         submitted_at=1000.0,
+        trace_id=trace_id,
     )
 
 

@@ -26,6 +26,7 @@ from gristmill.bus.messages import (
     TaskResult,
     TaskRetried,
     TasksDone,
+    WhyQuery,
     WorkerState,
     peek,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "TaskResult",
     "TaskRetried",
     "TasksDone",
+    "WhyQuery",
     "WorkerState",
     "api_subject",
     "event_subject",

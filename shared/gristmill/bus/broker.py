@@ -9,15 +9,25 @@ from typing import Any
 __all__ = ["service_broker"]
 
 
-def service_broker(url: str, reconnected: Callable[[], Awaitable[None]]) -> Any:
+def service_broker(
+    url: str, reconnected: Callable[[], Awaitable[None]], tracer_provider: Any = None
+) -> Any:
     """A `NatsBroker` on `url` that never stops reconnecting and awaits `reconnected()` each
-    time the connection is back."""
+    time the connection is back. With `tracer_provider`, the requests its handlers answer
+    are traced, their W3C context taken from the request's headers (FastStream's
+    `NatsTelemetryMiddleware`)."""
     from faststream.nats import NatsBroker
 
+    middlewares: tuple[Any, ...] = ()
+    if tracer_provider is not None:
+        from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+
+        middlewares = (NatsTelemetryMiddleware(tracer_provider=tracer_provider),)
     return NatsBroker(
         url,
         logger=None,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         reconnected_cb=reconnected,
+        middlewares=middlewares,
     )

@@ -56,6 +56,7 @@ __all__ = [
     "TaskResult",
     "TaskRetried",
     "TasksDone",
+    "WhyQuery",
     "WorkerState",
     "peek",
 ]
@@ -237,13 +238,15 @@ class JobStarted(Message):
 
 class TaskEntry(Message):
     """One task to run: its id, the data it reads, and the attempts it had before this message
-    (a task split out of a group keeps its count)."""
+    (a task split out of a group keeps its count). `parent_span` is the span id (16 hex) of the
+    attempt that made it, which its own attempts link to ("" for a job's first tasks)."""
 
     task_id: str
     dataset: str = ""
     inputs: list[DataRef]
     parents: list[str] = Field(default_factory=list)
     attempts: int = Field(0, ge=0)
+    parent_span: str = Field("", pattern=r"^([0-9a-f]{16})?$")
 
     @field_validator("task_id")
     @classmethod
@@ -296,6 +299,7 @@ class TaskResult(Message):
     items_out: int = Field(ge=0)
     items_dropped: int = Field(ge=0)
     wall_time_s: float = Field(ge=0)
+    dropped_by: dict[str, int] = Field(default_factory=dict)  # per stage (filter) that dropped
 
 
 class TasksDone(Message):
@@ -369,6 +373,18 @@ class StatusQuery(Message):
     job: str | None = None
 
 
+class WhyQuery(Message):
+    """A request on `gm.<team>.api.why`: what became of document `doc` in job `job`."""
+
+    job: str
+    doc: str = Field(min_length=1, max_length=1024)
+
+    @field_validator("job")
+    @classmethod
+    def _job_token(cls, job: str) -> str:
+        return check_token("job", job)
+
+
 class GcQuery(Message):
     """A request on `gm.<team>.api.gc`: archive the jobs finished more than `older_than_s`
     ago (None: the service's retention period)."""
@@ -396,6 +412,7 @@ class StepCounts(Message):
     items_in: int = Field(0, ge=0)
     items_out: int = Field(0, ge=0)
     items_dropped: int = Field(0, ge=0)
+    dropped_by: dict[str, int] = Field(default_factory=dict)  # documents per stage (filter)
 
 
 class JobState(Message):
@@ -422,6 +439,7 @@ class JobState(Message):
     finished_at: float | None = None
     archived_at: float | None = None
     error: str = ""
+    trace_id: str = ""  # the job's trace (32 hex), for `gristmill trace`
 
     @property
     def finished(self) -> bool:

@@ -6,7 +6,15 @@ task round-trips through `to_bytes()` / `Task.from_bytes()` (JSON header + Arrow
 
 from gristmill.tasks.base import Task
 from gristmill.tasks.document import DocumentBatch
-from gristmill.tasks.drops import DROPS_KEY, drop_count, drop_groups, iter_drops, record_drops
+from gristmill.tasks.drops import (
+    DROPS_KEY,
+    WRITTEN_KEY,
+    drop_count,
+    drop_groups,
+    drops_by_stage,
+    iter_drops,
+    record_drops,
+)
 from gristmill.tasks.empty import EmptyTask
 from gristmill.tasks.file_group import FileGroupTask
 from gristmill.tasks.ids import ROOT_TASK_ID, check_task_id, content_task_id, derive_task_id
@@ -15,6 +23,7 @@ from gristmill.tasks.perf import StagePerfStats
 __all__ = [
     "DROPS_KEY",
     "ROOT_TASK_ID",
+    "WRITTEN_KEY",
     "DocumentBatch",
     "EmptyTask",
     "FileGroupTask",
@@ -25,6 +34,7 @@ __all__ = [
     "derive_task_id",
     "drop_count",
     "drop_groups",
+    "drops_by_stage",
     "iter_drops",
     "record_drops",
 ]

@@ -17,9 +17,19 @@ from typing import Any
 
 from gristmill.tasks.base import Task
 
-__all__ = ["DROPS_KEY", "drop_count", "drop_groups", "iter_drops", "record_drops"]
+__all__ = [
+    "DROPS_KEY",
+    "WRITTEN_KEY",
+    "drop_count",
+    "drop_groups",
+    "drops_by_stage",
+    "iter_drops",
+    "record_drops",
+]
 
 DROPS_KEY = "drops"
+# A writer's output notes where documents went: [{"file": path, "ids": [ids written there]}].
+WRITTEN_KEY = "written"
 
 
 def record_drops(
@@ -29,18 +39,30 @@ def record_drops(
     reason: str,
     scores: Sequence[Any] | None = None,
     threshold: Any = None,
+    duplicate_of: str | None = None,
 ) -> None:
-    """Note that `stage` removed the documents `ids` from `task`'s lineage, and why."""
+    """Note that `stage` removed the documents `ids` from `task`'s lineage, and why (for a
+    duplicate, `duplicate_of` names the document kept in their place)."""
     if not ids:
         return
     group: dict[str, Any] = {"stage": stage, "reason": reason, "ids": [str(i) for i in ids]}
     if threshold is not None:
         group["threshold"] = threshold
+    if duplicate_of is not None:
+        group["duplicate_of"] = duplicate_of
     if scores is not None:
         if len(scores) != len(ids):
             raise ValueError(f"{stage}: {len(ids)} dropped ids but {len(scores)} scores")
         group["scores"] = list(scores)
     task._metadata.setdefault(DROPS_KEY, []).append(group)
+
+
+def drops_by_stage(groups: list[dict[str, Any]]) -> dict[str, int]:
+    """How many documents each stage dropped, over `groups`."""
+    counts: dict[str, int] = {}
+    for group in groups:
+        counts[group["stage"]] = counts.get(group["stage"], 0) + len(group["ids"])
+    return counts
 
 
 def drop_count(task: Task[Any]) -> int:
@@ -62,6 +84,7 @@ def iter_drops(groups: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             record = {"id": doc_id, "stage": group["stage"], "reason": group["reason"]}
             if scores is not None:
                 record["score"] = scores[index]
-            if "threshold" in group:
-                record["threshold"] = group["threshold"]
+            for key in ("threshold", "duplicate_of"):
+                if key in group:
+                    record[key] = group[key]
             yield record

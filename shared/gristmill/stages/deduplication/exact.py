@@ -196,5 +196,5 @@ class ExactDuplicateRemoval(ProcessingStage[DocumentBatch, DocumentBatch]):
             if is_dup:
                 by_kept.setdefault(kept_for[doc_id], []).append(doc_id)
         for kept, dropped in by_kept.items():
-            record_drops(out, self.name, dropped, f"exact duplicate of {kept}")
+            record_drops(out, self.name, dropped, f"exact duplicate of {kept}", duplicate_of=kept)
         return out

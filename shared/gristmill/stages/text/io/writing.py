@@ -16,7 +16,14 @@ import pyarrow.parquet as pq
 from gristmill import fs
 from gristmill.errors import GristmillError
 from gristmill.stages.base import ProcessingStage
-from gristmill.tasks import DocumentBatch, FileGroupTask, check_task_id, drop_groups, iter_drops
+from gristmill.tasks import (
+    WRITTEN_KEY,
+    DocumentBatch,
+    FileGroupTask,
+    check_task_id,
+    drop_groups,
+    iter_drops,
+)
 
 __all__ = ["BaseWriter", "JsonlWriter", "ParquetWriter", "WriteMode"]
 
@@ -33,6 +40,9 @@ class BaseWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
     retried task must not delete what other tasks wrote. A batch with no documents writes no
     data file. With `drops_path`, the drop records a batch carries (which documents earlier
     stages removed, and why) are written to `drops_path/<task_id>.jsonl`, one line each.
+    The returned task also notes which documents (their `id` column, when the batch has one)
+    went into which file (metadata `WRITTEN_KEY`), so that the service can say where a kept
+    document is.
     """
 
     extension: ClassVar[str] = ""
@@ -65,11 +75,14 @@ class BaseWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
         # must still never let an id such as "../x" choose where a file goes.
         check_task_id(task.task_id, where=f"stage '{self.name}' was given a task whose")
         written: list[str] = []
+        kept: list[dict[str, object]] = []
         if task.num_items:
             table = task.to_pyarrow()
+            target = fs.join(self.path, f"{task.task_id}{self.extension}")
+            if "id" in table.column_names:
+                kept.append({"file": target, "ids": [str(i) for i in table["id"].to_pylist()]})
             if self.fields:
                 table = table.select(self.fields)
-            target = fs.join(self.path, f"{task.task_id}{self.extension}")
             written.append(target)
             if fs.exists(target) and self.mode != "overwrite":
                 if self.mode == "error":
@@ -82,7 +95,10 @@ class BaseWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
             lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in iter_drops(groups))
             with fs.atomic_write(fs.join(self.drops_path, f"{task.task_id}.jsonl")) as handle:
                 handle.write("".join(lines).encode())
-        return FileGroupTask(dataset_name=task.dataset_name, data=written)
+        out = FileGroupTask(dataset_name=task.dataset_name, data=written)
+        if kept:
+            out._metadata[WRITTEN_KEY] = kept
+        return out
 
 
 class JsonlWriter(BaseWriter):
