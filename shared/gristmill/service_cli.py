@@ -386,7 +386,7 @@ def describe_fate(doc_id: str, fate: dict[str, Any]) -> str:
     detail = [f"score {json.dumps(fate['score'])}"] if "score" in fate else []
     if "threshold" in fate:
         detail.append(f"threshold {json.dumps(fate['threshold'])}")
-    if "duplicate_of" in fate:
+    if "duplicate_of" in fate and not str(fate.get("reason", "")).endswith(fate["duplicate_of"]):
         detail.append(f"duplicate of {fate['duplicate_of']}")
     extra = f" ({', '.join(detail)})" if detail else ""
     return f"{doc_id}: dropped by stage '{fate['stage']}': {fate['reason']}{extra}{where}"

@@ -232,7 +232,8 @@ class TaskStore:
         root = fs.join(self.job_root(team, job), "fates")
         if not fs.exists(root):
             return
-        for path in sorted(fs.expand_paths(root, [".jsonl"], "the fates of a job")):
+        paths = fs.expand_paths(root, [".jsonl"], "the fates of a job")
+        for path in sorted(paths, key=lambda p: (int(p.rsplit("/", 2)[-2]), p)):
             for line in fs.read_bytes(path).decode().splitlines():
                 if line:
                     yield json.loads(line)

@@ -159,3 +159,11 @@ class AddOneToN(ProcessingStage[DocumentBatch, DocumentBatch]):
     def process(self, task: DocumentBatch) -> DocumentBatch:
         table = task.to_pyarrow()
         return DocumentBatch(data=table.set_column(0, "n", pc.add(table["n"], 1)))
+
+
+class SplitRows(ProcessingStage[DocumentBatch, DocumentBatch]):
+    """Fans each batch out into one task per document."""
+
+    def process(self, task: DocumentBatch) -> list[DocumentBatch]:
+        table = task.to_pyarrow()
+        return [DocumentBatch(data=table.slice(row, 1)) for row in range(table.num_rows)]

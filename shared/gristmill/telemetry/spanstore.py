@@ -128,7 +128,7 @@ def _chunks(spans: list[dict[str, Any]]) -> list[bytes]:
     size = 0
     for span in spans:
         text = json.dumps(span, separators=(",", ":"), default=str)
-        if batch and size + len(text) > CHUNK_BYTES:
+        if batch and size + len(text) + len(_WRAPPER) > CHUNK_BYTES:
             chunks.append(_encode(batch))
             batch, size = [], 0
         batch.append(text)
@@ -136,6 +136,9 @@ def _chunks(spans: list[dict[str, Any]]) -> list[bytes]:
     if batch:
         chunks.append(_encode(batch))
     return chunks
+
+
+_WRAPPER = '{"spans":[]}'
 
 
 def _encode(batch: list[str]) -> bytes:

@@ -107,7 +107,8 @@ def waterfall(document: dict[str, Any], width: int = WIDTH) -> str:
         rows.append((mark, label, bar.ljust(width), f"{seconds:8.3f}s", status, span))
     label_width = min(max(len(r[1]) for r in rows), 90)
     for mark, label, bar, seconds, status, span in rows:
-        lines.append(f"{mark} {label[:label_width]:<{label_width}} |{bar}| {seconds} {status}")
+        line = f"{mark} {label[:label_width]:<{label_width}} |{bar}| {seconds} {status}"
+        lines.append(line.rstrip())
         if status:
             for event in span.get("events") or ():
                 attributes = event.get("attributes") or {}
