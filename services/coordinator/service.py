@@ -62,6 +62,7 @@ from gristmill.config import ServiceSettings
 from gristmill.errors import GristmillError
 from gristmill.loops import LoopSet
 from gristmill.store import TaskStore
+from gristmill.telemetry import in_job
 from services.coordinator.api import SAMPLE_EVERY_S, JobViews
 from services.coordinator.http import HttpServer, create_http_app
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
@@ -288,14 +289,15 @@ class CoordinatorService:
             faults.point("coordinator.announced")
             self._wake.set()
             await self._end_job(team, tracker)
-            log.info(
-                "job %s %s (%d tasks done, %d failed)%s",
-                job,
-                state.state,
-                state.tasks_done,
-                state.tasks_failed,
-                f": {state.error}" if state.error else "",
-            )
+            with in_job(job):
+                log.info(
+                    "job %s %s (%d tasks done, %d failed)%s",
+                    job,
+                    state.state,
+                    state.tasks_done,
+                    state.tasks_failed,
+                    f": {state.error}" if state.error else "",
+                )
         if tracker.compactable:
             tracker.compact()
 

@@ -28,7 +28,7 @@ from typing import Any
 from faststream.nats import NatsMessage
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link
+from opentelemetry.trace import Link, Status, StatusCode
 
 from gristmill import faults, telemetry
 from gristmill.bus import (
@@ -262,42 +262,42 @@ class PlannerService:
                 "gm.manifests": len(manifests),
             },
         )
-        headers = telemetry.inject({}, trace.set_span_in_context(span))
-        try:
-            if long:
-                subject = event_subject(team, job, "ids")
-                ids = [m.key for m in manifests]
-                parts = [
-                    IdsPart(
-                        job=job,
-                        step=step,
-                        owner="",
-                        part=n,
-                        parts=-(-len(ids) // IDS_PER_PART),
-                        ids=ids[at : at + IDS_PER_PART],
+        with trace.use_span(span, end_on_exit=True):  # its log lines name the job's trace
+            headers = telemetry.inject({})
+            try:
+                if long:
+                    subject = event_subject(team, job, "ids")
+                    ids = [m.key for m in manifests]
+                    parts = [
+                        IdsPart(
+                            job=job,
+                            step=step,
+                            owner="",
+                            part=n,
+                            parts=-(-len(ids) // IDS_PER_PART),
+                            ids=ids[at : at + IDS_PER_PART],
+                        )
+                        for n, at in enumerate(range(0, len(ids), IDS_PER_PART))
+                    ]
+                    await self._publisher.publish_many(
+                        [(subject, p, msg_id("ids", job, step, "", p.part)) for p in parts]
                     )
-                    for n, at in enumerate(range(0, len(ids), IDS_PER_PART))
-                ]
-                await self._publisher.publish_many(
-                    [(subject, p, msg_id("ids", job, step, "", p.part)) for p in parts]
-                )
-            subject = task_subject(team, job, str(step))
-            for at in range(0, len(manifests), PUBLISH_BATCH):
-                batch = manifests[at : at + PUBLISH_BATCH]
-                await self._publisher.publish_many(
-                    [(subject, m, msg_id("task", job, step, m.key)) for m in batch], headers
-                )
-                faults.point("planner.manifests")
-            jobs = self._jobs[team]
-            await jobs.put(published_key(job), b"1")
-            log.info("job %s: %d manifests published to step %d", job, len(manifests), step)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            span.record_exception(exc)
-            log.exception("job %s: publishing its manifests failed; a restart finishes it", job)
-        finally:
-            span.end()
+                subject = task_subject(team, job, str(step))
+                for at in range(0, len(manifests), PUBLISH_BATCH):
+                    batch = manifests[at : at + PUBLISH_BATCH]
+                    await self._publisher.publish_many(
+                        [(subject, m, msg_id("task", job, step, m.key)) for m in batch], headers
+                    )
+                    faults.point("planner.manifests")
+                jobs = self._jobs[team]
+                await jobs.put(published_key(job), b"1")
+                log.info("job %s: %d manifests published to step %d", job, len(manifests), step)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                log.exception("job %s: publishing its manifests failed; a restart finishes it", job)
 
     async def _resume(self, team: str) -> None:
         """Finish the jobs a planner before this one recorded but did not publish in full."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, Status, StatusCode
 
 from gristmill import faults
 from gristmill.bus.jobs import JobRecord
@@ -76,6 +76,7 @@ class BatchRunner:
     ) -> None:
         """Triage, run and settle one fetched batch; nothing escapes (a message left unsettled
         by a bug is naked, so it is retried)."""
+        spans: list[list[Span]] = []
         try:
             triaged = await asyncio.gather(*(effects.triage(m, record) for m in msgs))
             works = [w for w in triaged if w is not None]
@@ -96,6 +97,9 @@ class BatchRunner:
                 if not msg.is_acked:
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=1.0)
+            for span in (s for group in spans for s in group if s.is_recording()):
+                span.set_status(Status(StatusCode.ERROR, "the batch failed unexpectedly"))
+                span.end()
         finally:
             keeper.stop()
 

@@ -9,7 +9,8 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 
 const view = { job: null, task: "", chosen: false }; // chosen: picked by a click or the hash
 const rendered = new Map(); // element id -> key of what it shows, so unchanged data is not redrawn
-const traces = new Map(); // trace url -> trace, kept only for finished jobs
+const traces = new Map(); // trace url -> {trace, at, final}: a running job's is read again
+const TRACE_EVERY_MS = 5000; // every few seconds (a trace can be large)
 let lastOk = null;
 
 const $ = (sel) => document.querySelector(sel);
@@ -119,10 +120,11 @@ async function getJSON(url) {
 /** A job's trace (only `task`'s spans when given); null when the API has none to give. */
 async function getTrace(job, task, finished) {
   const url = `/api/jobs/${encodeURIComponent(job)}/trace${task ? `?task=${encodeURIComponent(task)}` : ""}`;
-  if (traces.has(url)) return traces.get(url);
+  const kept = traces.get(url);
+  if (kept && (kept.final || Date.now() - kept.at < TRACE_EVERY_MS)) return kept.trace;
   try {
     const trace = await getJSON(url);
-    if (finished) traces.set(url, trace);
+    traces.set(url, { trace, at: Date.now(), final: finished });
     return trace;
   } catch (err) {
     if (err instanceof HttpError) return null;

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -43,6 +44,7 @@ __all__ = [
     "fixed_ids",
     "format_span_id",
     "format_trace_id",
+    "in_job",
     "inject",
     "job_context",
     "root_span_id",
@@ -103,6 +105,16 @@ def job_context(job: str) -> Context:
         trace_flags=TraceFlags(TraceFlags.SAMPLED),
     )
     return trace.set_span_in_context(NonRecordingSpan(root), Context())
+
+
+@contextmanager
+def in_job(job: str) -> Iterator[None]:
+    """Make `job`'s root span current (so log lines name the job's trace) inside the block."""
+    token = otel_context.attach(job_context(job))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 _wanted: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
