@@ -20,6 +20,7 @@ service publishes with nats-py, `extract` on what it receives (FastStream's own 
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import logging
 import os
@@ -57,6 +58,8 @@ log = logging.getLogger("gristmill.telemetry")
 # How long finished spans wait before a batch is exported (OTel's default is 5 s; a person
 # looking at a job that just ended should not wait that long for its last spans).
 EXPORT_DELAY_MS = 500
+MAX_QUEUED_SPANS = 1 << 16
+EXPORT_BATCH = 2048
 
 
 def enabled() -> bool:
@@ -70,11 +73,13 @@ def _digest(*parts: object, size: int) -> int:
     return value or 1  # zero is OTel's invalid id
 
 
+@functools.lru_cache(maxsize=4096)
 def trace_id_of(job: str) -> int:
     """The trace id of `job` (128 bits)."""
     return _digest("gm-trace", job, size=16)
 
 
+@functools.lru_cache(maxsize=4096)
 def root_span_id(job: str) -> int:
     """The span id of `job`'s root span, its submission."""
     return _digest("gm-root", job, size=8)
@@ -95,6 +100,7 @@ def format_span_id(value: int) -> str:
     return f"{value:016x}"
 
 
+@functools.lru_cache(maxsize=4096)
 def job_context(job: str) -> Context:
     """A context whose current span is `job`'s root: spans started in it join the job's trace
     under its submission, wherever they run."""
@@ -179,10 +185,7 @@ class Telemetry:
 
         if self.provider is None or self._store_attached:
             return
-        exporter = SpanStoreExporter(nc, loop)
-        self.provider.add_span_processor(
-            BatchSpanProcessor(exporter, schedule_delay_millis=EXPORT_DELAY_MS)
-        )
+        self.provider.add_span_processor(_batches(SpanStoreExporter(nc, loop)))
         self._store_attached = True
 
     def flush(self, timeout_ms: int = 10_000) -> bool:
@@ -224,11 +227,24 @@ def setup(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         # The exporter reads the endpoint, headers and timeout from the standard variables.
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=EXPORT_DELAY_MS)
-        )
+        provider.add_span_processor(_batches(OTLPSpanExporter()))
         log.info("%s exports spans over OTLP/HTTP", service)
     return Telemetry(service, provider)
+
+
+def _batches(exporter: Any) -> BatchSpanProcessor:
+    """A batch processor for `exporter`: OTel's `OTEL_BSP_*` variables where set, else a short
+    delay and room for a fan-out's burst of spans (OTel's default queue, 2,048, would drop
+    spans of a job that finishes thousands of tasks a second)."""
+    options: dict[str, int] = {}
+    for variable, name, value in (
+        ("OTEL_BSP_SCHEDULE_DELAY", "schedule_delay_millis", EXPORT_DELAY_MS),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_size", MAX_QUEUED_SPANS),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_export_batch_size", EXPORT_BATCH),
+    ):
+        if variable not in os.environ:
+            options[name] = value
+    return BatchSpanProcessor(exporter, **options)  # type: ignore[arg-type]
 
 
 class TraceLogFilter(logging.Filter):
