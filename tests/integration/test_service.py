@@ -92,7 +92,19 @@ def test_the_cli_submits_a_yaml_spec_and_waits_for_its_summary(
 
     out = capsys.readouterr().out
     assert re.search(r"job j[0-9a-f]{15} completed in [0-9.]+ s: 449 documents in, 340 out, 109 dropped; 0 failed tasks", out)  # fmt: skip
-    assert f"output: {base / 'cli'}" in out
+    step = "1 jsonl_reader+word_count+symbol_to_wor..."
+    assert (
+        f"step                                        dropped by            documents\n"
+        f"{step}  word_count                   57\n"
+        f"{step}  repeated_lines               14\n"
+        f"{step}  urls_ratio                   11\n"
+        f"{step}  punctuation                   9\n"
+        f"{step}  repeating_top_2grams          8\n"
+        f"{step}  mean_word_length              5\n"
+        f"{step}  symbol_to_word                3\n"
+        f"{step}  alpha_numeric                 2\n"
+        f"output: {base / 'cli'}\n"
+    ) in out  # the drops per filter add up to the 109 dropped
     assert written(base / "cli") == written(base / "local-cli")
     assert main(["status"]) == 0
     assert re.search(r"j[0-9a-f]{15}  quality  completed  tasks 3/3 done, 0 failed", capsys.readouterr().out)  # fmt: skip
