@@ -62,7 +62,7 @@ class BatchRunner:
         spans: AttemptSpans | None = None,
     ):
         self.settings = settings
-        self.spans = spans or AttemptSpans(trace.NoOpTracer(), worker, "")
+        self.spans = spans or AttemptSpans(trace.NoOpTracer(), worker)
         self.worker = worker
         self.slots = slots
         self.actors = actors

@@ -69,7 +69,7 @@ class WorkerService:
         self.telemetry = telemetry.setup(
             "worker", worker=self.worker_id, pool=pool, teams=settings.teams
         )
-        spans = AttemptSpans(self.telemetry.tracer, self.worker_id, pool)
+        spans = AttemptSpans(self.telemetry.tracer, self.worker_id)
         self.runner = BatchRunner(
             settings, self.worker_id, self.slots, self.actors, self._wanted, spans
         )

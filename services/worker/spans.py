@@ -29,6 +29,10 @@ from services.worker.effects import Work
 
 __all__ = ["AttemptSpans"]
 
+# Reads shorter than this, after the first task of a manifest, get no span of their own (a
+# fan-out's thousands of tiny tasks would double their spans for nothing to see).
+READ_SPAN_NS = 1_000_000
+
 
 def _context(job: str, span_id: int) -> SpanContext:
     return SpanContext(
@@ -39,10 +43,9 @@ def _context(job: str, span_id: int) -> SpanContext:
 class AttemptSpans:
     """Starts and ends the attempt spans of one worker."""
 
-    def __init__(self, tracer: trace.Tracer, worker: str, pool: str):
+    def __init__(self, tracer: trace.Tracer, worker: str):
         self.tracer = tracer
         self.worker = worker
-        self.pool = pool
 
     def start(self, record: JobRecord, work: Work) -> list[Span]:
         """One started span per task of `work`'s manifest."""
@@ -74,8 +77,7 @@ class AttemptSpans:
                 "gm.task": entry.task_id,
                 "gm.attempt": attempt,
                 "gm.manifest": manifest.key,
-                "gm.worker": self.worker,
-                "gm.pool": self.pool,
+                "gm.worker": self.worker,  # the pool is the resource's (gm.pool)
                 "gm.queue_wait_s": queued,
             }
             with fixed_ids(span_id=attempt_span_id(job, step, entry.task_id, attempt)):
@@ -89,7 +91,7 @@ class AttemptSpans:
         """Record the actor's per-task results on the spans (not ended yet)."""
         if not spans or not spans[0].is_recording():
             return
-        for span, result in zip(spans, raw, strict=True):
+        for index, (span, result) in enumerate(zip(spans, raw, strict=True)):
             span.set_attribute("gm.actor", actor)
             if not result["ok"]:
                 self.failed(span, result["error"], result.get("traceback", ""))
@@ -105,7 +107,9 @@ class AttemptSpans:
             read = result.get("read")
             if read:
                 span.set_attribute("gm.bytes_read", read[2])
-                self._io(span, "store.read", read[0], read[1], {"gm.bytes": read[2]})
+                # a group's tiny tasks read one shared payload: the first read is the one
+                if index == 0 or read[1] - read[0] >= READ_SPAN_NS:
+                    self._io(span, "store.read", read[0], read[1], {"gm.bytes": read[2]})
             write = result.get("write")
             if write:
                 span.set_attribute("gm.bytes_written", write[2])
