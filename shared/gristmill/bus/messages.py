@@ -61,7 +61,8 @@ __all__ = [
     "peek",
 ]
 
-SCHEMA_VERSION = 2
+# 3: trace fields (TaskEntry.parent_span, TaskResult/StepCounts.dropped_by, JobState.trace_id)
+SCHEMA_VERSION = 3
 _SHA256 = r"^[0-9a-f]{64}$"
 
 # A task whose bytes are at most this long travels inside its manifest.
