@@ -23,7 +23,7 @@ from gristmill.bus.subjects import check_token, dlq_filter
 from gristmill.store import TaskStore
 from gristmill.telemetry import format_trace_id, trace_id_of
 from gristmill.telemetry.spanstore import read_spans
-from gristmill.telemetry.view import for_task, trace_document
+from gristmill.telemetry.view import job_trace
 from services.coordinator.tracking import JobTracker
 
 __all__ = ["HISTORY_SAMPLES", "Backlog", "JobViews", "find_fate"]
@@ -193,11 +193,7 @@ class JobViews:
         """The job's trace as `gristmill trace --json` prints it (only `task`'s spans when
         given)."""
         check_token("job", job)
-        spans = await read_spans(self._js(), team, job)
-        document = trace_document(format_trace_id(trace_id_of(job)), spans)
-        if task:
-            document["spans"] = for_task(document["spans"], task)
-        return document
+        return job_trace(job, await read_spans(self._js(), team, job), task)
 
     async def why(self, team: str, job: str, doc_id: str) -> dict[str, Any] | None:
         """What became of a document in a job (see `find_fate`), with the job's trace id."""

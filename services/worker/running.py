@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +85,10 @@ class BatchRunner:
                 outcome, actor = await self._run(record, step, works)
                 await asyncio.gather(
                     *(
-                        self._settle(effects, record, w, outcome, i, spans[i], actor)
-                        for i, w in enumerate(works)
+                        _in_span(
+                            group[0], self._settle(effects, record, w, outcome, i, group, actor)
+                        )
+                        for i, (w, group) in enumerate(zip(works, spans, strict=True))
                     )
                 )
         except Exception:
@@ -97,32 +99,14 @@ class BatchRunner:
                 if not msg.is_acked:
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=1.0)
-            for span in (s for group in spans for s in group if s.is_recording()):
+            for span in (s for group in spans for s in group):
                 span.set_status(Status(StatusCode.ERROR, "the batch failed unexpectedly"))
-                span.end()
         finally:
             keeper.stop()
-
-    async def _settle(
-        self,
-        effects: Effects,
-        record: JobRecord,
-        work: Work,
-        outcome: Any,
-        index: int,
-        spans: list[Span],
-        actor: str,
-    ) -> None:
-        """Settle one manifest inside the span of its first task's attempt, then end the
-        attempts' spans."""
-        try:
-            with trace.use_span(spans[0], end_on_exit=False):
-                await self._settle_in_span(effects, record, work, outcome, index, spans, actor)
-        finally:
-            for span in spans:
+            for span in (s for group in spans for s in group):
                 span.end()
 
-    async def _settle_in_span(
+    async def _settle(
         self,
         effects: Effects,
         record: JobRecord,
@@ -258,6 +242,12 @@ class BatchRunner:
     async def _stop(self, key: ActorKey, actor: Any) -> None:
         self.actors.lost(key)
         await asyncio.to_thread(_kill, actor)
+
+
+async def _in_span(span: Span, settling: Awaitable[None]) -> None:
+    """Settle with `span` current: what is published and logged belongs to its trace."""
+    with trace.use_span(span, end_on_exit=False):
+        await settling
 
 
 def _actor_id(actor: Any) -> str:

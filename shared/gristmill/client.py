@@ -315,9 +315,8 @@ class ServiceClient:
     async def trace(self, job_or_task: str) -> dict[str, Any]:
         """The trace of a job (or of the job a task id belongs to, only that task's spans), as
         `gristmill trace --json` prints it, read from the span store."""
-        from gristmill.telemetry import format_trace_id, trace_id_of
         from gristmill.telemetry.spanstore import read_spans
-        from gristmill.telemetry.view import for_task, trace_document
+        from gristmill.telemetry.view import job_trace
 
         job, task = job_or_task, None
         spans = await read_spans(self.js, self.team, job) if _is_token(job) else []
@@ -342,10 +341,7 @@ class ServiceClient:
                     f"no spans stored for job or task {job_or_task!r} of team {self.team} (spans "
                     f"are kept for 7 days, 256 MiB per team; is GRISTMILL_TRACING off?)"
                 )
-        document = trace_document(format_trace_id(trace_id_of(job)), spans)
-        if task is not None:
-            document["spans"] = for_task(document["spans"], task)
-        return document
+        return job_trace(job, spans, task)
 
     async def gc(self, older_than_s: float | None = None) -> list[str]:
         """Archive the team's jobs finished more than `older_than_s` ago (default: the

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["critical_path", "for_task", "trace_document", "waterfall"]
+from gristmill.telemetry.tracing import format_trace_id, trace_id_of
+
+__all__ = ["critical_path", "for_task", "job_trace", "trace_document", "waterfall"]
 
 WIDTH = 40  # characters of the waterfall's time axis
 
@@ -55,6 +57,14 @@ def trace_document(trace_id: str, spans: list[dict[str, Any]]) -> dict[str, Any]
     """The `--json` form: the trace id and its spans, each marked `critical` or not."""
     path = critical_path(spans)
     return {"trace_id": trace_id, "spans": [{**s, "critical": s["span_id"] in path} for s in spans]}
+
+
+def job_trace(job: str, spans: list[dict[str, Any]], task: str | None = None) -> dict[str, Any]:
+    """`job`'s trace document from its stored spans (only `task`'s, when given)."""
+    document = trace_document(format_trace_id(trace_id_of(job)), spans)
+    if task:
+        document["spans"] = for_task(document["spans"], task)
+    return document
 
 
 def _ordered(spans: list[dict[str, Any]]) -> Iterable[tuple[int, dict[str, Any]]]:
