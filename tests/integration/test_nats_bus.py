@@ -9,6 +9,7 @@ import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -19,15 +20,31 @@ from gristmill.bus import DataRef, TaskEntry, TaskManifest, task_subject
 from gristmill.bus.client import Publisher, StreamFull
 from gristmill.bus.streams import StreamLimits, TeamLayout, ensure_layout
 from gristmill.bus.subjects import dlq_subject
+from gristmill.credentials import (
+    ensure_credentials,
+    nats_authorization,
+    read_credentials,
+    service_file,
+)
 from gristmill.nats_server import EmbeddedNats
 
 pytestmark = pytest.mark.integration
 
 
+def _authorization(tmp_path: Path) -> str:
+    return nats_authorization(ensure_credentials(tmp_path / "credentials", ("web-team",)))
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    with EmbeddedNats(tmp_path / "state") as running:
+    with EmbeddedNats(tmp_path / "state", _authorization(tmp_path)) as running:
         yield running
+
+
+async def _connect(server: EmbeddedNats) -> Any:
+    """A service component's connection (the planner's credentials)."""
+    own = read_credentials(service_file(server.state_dir.parent / "credentials", "planner"))
+    return await nats.connect(server.url, **own.connect_options())
 
 
 def _manifest(task_id: str) -> TaskManifest:
@@ -37,7 +54,7 @@ def _manifest(task_id: str) -> TaskManifest:
 
 
 def test_embedded_server_writes_its_store_under_the_state_dir_and_stops(tmp_path: Path) -> None:
-    nats_ = EmbeddedNats(tmp_path / "state").start()
+    nats_ = EmbeddedNats(tmp_path / "state", _authorization(tmp_path)).start()
     try:
         assert nats_.url.startswith("nats://127.0.0.1:")
         assert (tmp_path / "state" / "nats.conf").read_text().count("max_payload: 8MB") == 1
@@ -55,7 +72,7 @@ def test_layout_is_created_idempotently_with_its_limits(server: EmbeddedNats) ->
     limits = StreamLimits(max_bytes=64 << 20, spans_max_age_s=3600, duplicate_window_s=30)
 
     async def scenario() -> None:
-        client = await nats.connect(server.url)
+        client = await _connect(server)
         js = client.jetstream()
         await ensure_layout(js, layout, limits)
         await ensure_layout(js, layout, limits)  # a second service start changes nothing
@@ -84,7 +101,7 @@ def test_layout_is_created_idempotently_with_its_limits(server: EmbeddedNats) ->
 
 def test_a_repeated_publish_with_the_same_msg_id_is_stored_once(server: EmbeddedNats) -> None:
     async def scenario() -> None:
-        client = await nats.connect(server.url)
+        client = await _connect(server)
         js = client.jetstream()
         await ensure_layout(js, TeamLayout("web"))
         subject = task_subject("web", "job1", "s0")
@@ -108,7 +125,7 @@ def test_a_repeated_publish_with_the_same_msg_id_is_stored_once(server: Embedded
 
 def test_a_done_record_is_first_writer_wins(server: EmbeddedNats) -> None:
     async def scenario() -> None:
-        client = await nats.connect(server.url)
+        client = await _connect(server)
         js = client.jetstream()
         layout = TeamLayout("web")
         await ensure_layout(js, layout)
@@ -124,7 +141,7 @@ def test_a_done_record_is_first_writer_wins(server: EmbeddedNats) -> None:
 
 def test_a_full_stream_makes_publishers_wait_and_forgets_nothing(server: EmbeddedNats) -> None:
     async def scenario() -> None:
-        client = await nats.connect(server.url)
+        client = await _connect(server)
         js = client.jetstream()
         await ensure_layout(js, TeamLayout("web"), StreamLimits(max_bytes=40_000))
         subject = task_subject("web", "job1", "s0")
@@ -149,7 +166,7 @@ def test_a_full_stream_makes_publishers_wait_and_forgets_nothing(server: Embedde
 
 def test_a_publisher_that_may_not_wait_says_which_stream_is_full(server: EmbeddedNats) -> None:
     async def scenario() -> None:
-        client = await nats.connect(server.url)
+        client = await _connect(server)
         js = client.jetstream()
         await ensure_layout(js, TeamLayout("web"), StreamLimits(max_bytes=4_000))
         subject = task_subject("web", "job1", "s0")
@@ -170,7 +187,7 @@ def test_a_publisher_that_may_not_wait_says_which_stream_is_full(server: Embedde
 
 def test_the_heartbeat_of_a_worker_that_died_expires(server: EmbeddedNats) -> None:
     async def scenario() -> None:
-        client = await nats.connect(server.url)
+        client = await _connect(server)
         js = client.jetstream()
         layout = TeamLayout("web")
         await ensure_layout(js, layout, StreamLimits(heartbeat_ttl_s=1.0))
@@ -187,3 +204,23 @@ def test_the_heartbeat_of_a_worker_that_died_expires(server: EmbeddedNats) -> No
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_kv_keys_are_filtered_by_a_wildcard_on_the_server(server: EmbeddedNats) -> None:
+    from gristmill.bus.client import kv_keys
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        client = await _connect(server)
+        js = client.jetstream()
+        await ensure_layout(js, TeamLayout("web-team"))
+        jobs = await js.key_value(TeamLayout("web-team").bucket("jobs"))
+        empty = await kv_keys(jobs, "job.*")
+        for key in ("job.j1", "published.j1", "job.j2", "state.j1"):
+            await jobs.put(key, b"x")
+        await jobs.delete("job.j2")
+        found = await kv_keys(jobs, "job.*"), await kv_keys(jobs, "archived.*")
+        await client.close()
+        return empty, *found
+
+    # nats-py's own keys(filters=["job.*"]) matches substrings and finds none of these
+    assert asyncio.run(scenario()) == ([], ["job.j1"], [])

@@ -26,6 +26,7 @@ __all__ = [
     "Publisher",
     "ServiceUnavailable",
     "StreamFull",
+    "kv_keys",
     "replay",
     "request",
 ]
@@ -243,7 +244,11 @@ async def replay(js: Any, subject: str, idle_s: float = 0.0) -> AsyncIterator[An
     from nats.errors import TimeoutError
     from nats.js.api import DeliverPolicy
 
-    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    from gristmill.bus.streams import stream_of
+
+    sub = await js.subscribe(
+        subject, stream=stream_of(subject), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
     try:
         info = await sub.consumer_info()
         # Messages already pushed to us are no longer pending on the server: count them too.
@@ -257,3 +262,19 @@ async def replay(js: Any, subject: str, idle_s: float = 0.0) -> AsyncIterator[An
             yield msg
     finally:
         await sub.unsubscribe()
+
+
+async def kv_keys(kv: Any, pattern: str) -> list[str]:
+    """The keys of bucket `kv` that match `pattern` (a NATS wildcard such as `job.*`), filtered
+    by the server. (nats-py's `keys(filters=...)` matches substrings: a wildcard there finds
+    nothing.)"""
+    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+    keys: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the values stored so far have all come
+                break
+            keys.append(entry.key)
+    finally:
+        await watcher.stop()
+    return keys
