@@ -7,8 +7,11 @@ override them).
 | GRISTMILL_STATE_DIR      | `.gristmill`                  | embedded NATS data, store, Ray files |
 | GRISTMILL_STORE          | `<state dir>/store`           | where task payloads live (fsspec)    |
 | GRISTMILL_TEAMS          | `default`                     | teams this deployment serves         |
+| GRISTMILL_TEAMS_FILE     | none                          | teams with weights, quotas, trust    |
+| GRISTMILL_CREDENTIALS_DIR| `<state dir>/credentials`     | credentials `up` writes and reads    |
+| GRISTMILL_CREDENTIALS    | found in the credentials dir  | the file this process connects with  |
 | GRISTMILL_OUTPUT_ROOT    | the directory `up` ran in     | where jobs may write (per deployment)|
-| GRISTMILL_TRUST_CODE     | `1`                           | run submitters' own classes          |
+| GRISTMILL_TRUST_CODE     | `1`                           | `0`: no team's own classes run       |
 | GRISTMILL_INPUT_ROOTS    | the output root               | where jobs may read (comma-separated)|
 | GRISTMILL_STREAM_MAX_BYTES | 1 GiB                       | each team's tasks/events/DLQ streams |
 | GRISTMILL_RETENTION_S    | 86400 (a day)                 | finished jobs kept before collection |
@@ -30,6 +33,7 @@ from pathlib import Path
 from gristmill.bus.streams import StreamLimits, layout_name
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
+from gristmill.teams import TeamPolicy, TeamsConfig
 
 __all__ = ["ServiceSettings", "discover_nats_url", "nats_url", "state_dir"]
 
@@ -96,8 +100,16 @@ class ServiceSettings:
     idle_actor_s: float = 60.0
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    teams_config: TeamsConfig | None = None  # None: `teams` with the defaults
+    credentials_dir: Path | None = None  # None: `<state dir>/credentials`
 
     def __post_init__(self) -> None:
+        if self.teams_config is None:
+            object.__setattr__(self, "teams_config", TeamsConfig.of_names(self.teams))
+        elif self.teams_config.names != self.teams:
+            object.__setattr__(self, "teams", self.teams_config.names)
+        if self.credentials_dir is None:
+            object.__setattr__(self, "credentials_dir", self.state_dir / "credentials")
         seen: dict[str, str] = {}
         for team in self.teams:
             check_token("team", team)
@@ -109,9 +121,32 @@ class ServiceSettings:
                 )
 
     @property
-    def readable_roots(self) -> tuple[str, ...]:
-        """Where jobs may read input files."""
-        return self.input_roots or (self.output_root,)
+    def policies(self) -> TeamsConfig:
+        """The teams' weights, quotas, roots and trust."""
+        assert self.teams_config is not None
+        return self.teams_config
+
+    @property
+    def credentials(self) -> Path:
+        """The directory of the teams' and the components' credentials."""
+        assert self.credentials_dir is not None
+        return self.credentials_dir
+
+    def policy(self, team: str) -> TeamPolicy:
+        """`team`'s weight, quotas and roots."""
+        return self.policies.teams[team]
+
+    def trusts(self, team: str) -> bool:
+        """Whether the service runs `team`'s own classes."""
+        return self.trust_code and self.policies.trusted(team)
+
+    def output_root_of(self, team: str) -> str:
+        """Where `team`'s jobs may write."""
+        return self.policies.output_root(team, self.output_root)
+
+    def readable_roots_of(self, team: str) -> tuple[str, ...]:
+        """Where `team`'s jobs may read input files."""
+        return self.policies.input_roots(team, self.input_roots, self.output_root_of(team))
 
     def stream_limits(self) -> StreamLimits:
         """The limits each team's streams are created with."""
@@ -121,11 +156,16 @@ class ServiceSettings:
     def from_env(cls, url: str | None = None) -> ServiceSettings:
         """Settings from the environment; `url` wins over `GRISTMILL_NATS_URL`."""
         directory = state_dir()
+        teams_file = os.environ.get("GRISTMILL_TEAMS_FILE", "")
+        config = TeamsConfig.load(teams_file) if teams_file else None
+        credentials = os.environ.get("GRISTMILL_CREDENTIALS_DIR", "")
         return cls(
             nats_url=nats_url(url),
             state_dir=directory,
             store_root=os.environ.get("GRISTMILL_STORE", str(directory / "store")),
-            teams=_list(os.environ.get("GRISTMILL_TEAMS", "default")),
+            teams=config.names if config else _list(os.environ.get("GRISTMILL_TEAMS", "default")),
+            teams_config=config,
+            credentials_dir=Path(credentials) if credentials else None,
             output_root=os.environ.get("GRISTMILL_OUTPUT_ROOT", os.getcwd()),
             trust_code=_flag(os.environ.get("GRISTMILL_TRUST_CODE", "1")),
             input_roots=_list(os.environ.get("GRISTMILL_INPUT_ROOTS", "")),
@@ -151,6 +191,7 @@ class ServiceSettings:
             "GRISTMILL_IDLE_ACTOR_S": repr(self.idle_actor_s),
             "GRISTMILL_HTTP_HOST": self.http_host,
             "GRISTMILL_HTTP_PORT": str(self.http_port),
+            "GRISTMILL_CREDENTIALS_DIR": str(self.credentials),
         }
 
 

@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from gristmill import credentials as creds_
 from gristmill.config import SERVICE_FILE, ServiceSettings
 from gristmill.errors import GristmillError
 from gristmill.nats_server import EmbeddedNats
+from gristmill.teams import TeamsConfig
 
 __all__ = ["EmbeddedService"]
 
@@ -82,8 +84,14 @@ class EmbeddedService:
         retention_s: float | None = None,
         idle_actor_s: float | None = None,
         restart_backoff_s: tuple[float, float] = (FIRST_BACKOFF_S, MAX_BACKOFF_S),
+        teams_config: TeamsConfig | None = None,
     ):
         self.state_dir = Path(state_dir).resolve()
+        self.teams_config = teams_config or TeamsConfig.of_names(teams)
+        teams = self.teams_config.names
+        self.credentials_dir = Path(
+            os.environ.get("GRISTMILL_CREDENTIALS_DIR") or self.state_dir / "credentials"
+        ).resolve()
         self.workers = workers
         self.gpu_workers = gpu_workers
         self.slots = slots
@@ -123,6 +131,14 @@ class EmbeddedService:
         assert self.settings is not None, "not started"
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 
+    def credentials(self, team: str | None = None) -> Path:
+        """The credentials file of `team` (default: the first team)."""
+        return creds_.team_file(self.credentials_dir, team or self.teams[0])
+
+    def service_credentials(self, role: str = "supervisor") -> creds_.Credentials:
+        """A service component's credentials (the supervisor's by default)."""
+        return creds_.read_credentials(creds_.service_file(self.credentials_dir, role))
+
     @property
     def processes(self) -> dict[str, subprocess.Popen[bytes]]:
         """The live child processes by name."""
@@ -144,10 +160,15 @@ class EmbeddedService:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         if self.nats_url is None:
-            self.nats = EmbeddedNats(self.state_dir / "nats").start()
+            identities = creds_.ensure_credentials(self.credentials_dir, self.teams)
+            authorization = creds_.nats_authorization(identities)
+            self.nats = EmbeddedNats(self.state_dir / "nats", authorization).start()
             url = self.nats.url
-        else:
+        else:  # the operator's server knows the users of the files already there
             url = self.nats_url
+        creds_.register_service(url, self.credentials_dir)
+        teams_file = self.state_dir / "teams.yaml"
+        teams_file.write_text(self.teams_config.to_yaml())
         limits = {k: v for k, v in self._limits.items() if v is not None}
         http_port = int(os.environ.get("GRISTMILL_HTTP_PORT") or 0) or _free_port()
         self.settings = ServiceSettings(
@@ -159,6 +180,8 @@ class EmbeddedService:
             trust_code=self.trust_code,
             input_roots=self.input_roots,
             http_port=http_port,
+            teams_config=self.teams_config,
+            credentials_dir=self.credentials_dir,
             **limits,  # type: ignore[arg-type]
         )
         self._ray = contextlib.ExitStack()
@@ -168,6 +191,7 @@ class EmbeddedService:
             **self.settings.env(),
             **self.child_env,
             "RAY_ADDRESS": session.address,
+            "GRISTMILL_TEAMS_FILE": str(teams_file),
         }
         self._spawn("planner", ["services.planner"])
         self._spawn("coordinator", ["services.coordinator"])
@@ -181,6 +205,8 @@ class EmbeddedService:
             "http_url": self.http_url,
             "pid": os.getpid(),
             "store": self.settings.store_root,
+            "credentials": str(self.credentials_dir),
+            "teams": list(self.teams),
             "processes": {name: p.pid for name, p in self.processes.items()},
         }
         (self.state_dir / SERVICE_FILE).write_text(json.dumps(record, indent=2))
@@ -205,9 +231,11 @@ class EmbeddedService:
                 child = self.children[name] = _Child(args, backoff_s=self.first_backoff_s)
             else:
                 child.incarnation += 1
+            role = "worker" if _is_worker(name) else name
             env = {
                 **self._env,
                 **self._own_env.get(name, {}),
+                "GRISTMILL_CREDENTIALS": str(creds_.service_file(self.credentials_dir, role)),
                 "GRISTMILL_ROLE": name,
                 "GRISTMILL_INCARNATION": str(child.incarnation),
                 "GRISTMILL_FAULT_LOG": str(self.state_dir / "logs" / "faults.log"),
@@ -293,27 +321,29 @@ class EmbeddedService:
     # -- readiness ---------------------------------------------------------------------------
 
     async def _wait_ready(self, workers: list[str], deadline: float | None = None) -> None:
+        import nats
+
         from gristmill.bus.client import ServiceUnavailable, request
         from gristmill.bus.jobs import worker_key
         from gristmill.bus.streams import TeamLayout
-        from gristmill.client import ServiceClient
 
         assert self.settings is not None
         deadline = deadline or time.monotonic() + self.start_timeout_s
-        client = await ServiceClient.connect(self.settings.nats_url, self.teams[0])
+        own = self.service_credentials()
+        nc = await nats.connect(self.settings.nats_url, connect_timeout=5, **own.connect_options())
         try:
             for verb in ("info", "status"):
                 while True:
                     self._check_alive()
                     try:
-                        await request(client.nc, self.teams[0], verb, timeout_s=1.0, wait_s=0)
+                        await request(nc, self.teams[0], verb, timeout_s=1.0, wait_s=0)
                         break
                     except ServiceUnavailable:
                         await self._pause(deadline, f"the service to answer {verb}")
             while not await asyncio.to_thread(_answers, f"{self.http_url}/healthz"):
                 self._check_alive()
                 await self._pause(deadline, f"the coordinator's HTTP API on {self.http_url}")
-            kv = await client.js.key_value(TeamLayout(self.teams[0]).bucket("workers"))
+            kv = await nc.jetstream().key_value(TeamLayout(self.teams[0]).bucket("workers"))
             for worker in workers:
                 while True:
                     self._check_alive()
@@ -323,7 +353,7 @@ class EmbeddedService:
                             break
                     await self._pause(deadline, f"worker {worker} to join")
         finally:
-            await client.close()
+            await nc.drain()
 
     @staticmethod
     async def _pause(deadline: float, what: str) -> None:
@@ -410,6 +440,8 @@ class EmbeddedService:
         if self._ray is not None:
             self._ray.close()
             self._ray = None
+        if self.settings is not None:
+            creds_.forget_service(self.settings.nats_url)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / SERVICE_FILE).unlink()
 

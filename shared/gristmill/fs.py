@@ -27,6 +27,7 @@ __all__ = [
     "read_bytes",
     "read_range",
     "remove_tree",
+    "tree_size",
     "write_once",
 ]
 
@@ -123,6 +124,22 @@ def remove_tree(path: str) -> bool:
         return False
     fs.rm(stripped, recursive=True)
     return True
+
+
+def tree_size(path: str) -> int:
+    """The bytes of every file under a directory (0 when there is none)."""
+    local = _local(path)
+    if local is not None:
+        total = 0
+        for root, _, files in os.walk(local):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):  # one removed while we walk
+                    total += os.stat(os.path.join(root, name)).st_size
+        return total
+    fs, stripped = _fs(path)
+    if not fs.exists(stripped):
+        return 0
+    return int(fs.du(stripped, total=True))
 
 
 def join(directory: str, name: str) -> str:

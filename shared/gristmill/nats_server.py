@@ -2,12 +2,15 @@
 package, on loopback, its store under the state directory.
 
 `EmbeddedNats` starts it on free ports, waits (with a deadline) until JetStream answers on the
-monitoring port, and stops it on exit; `url` is what clients connect to.
+monitoring port, and stops it on exit; `url` is what clients connect to. Authentication is
+always on: the server knows only the users of its `authorization` block
+(`gristmill.credentials.nats_authorization`), and refuses every other connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -30,7 +33,7 @@ max_payload: 8MB
 jetstream {{
   store_dir: "{store_dir}"
 }}
-"""
+{authorization}"""
 
 
 def nats_server_binary() -> str:
@@ -57,7 +60,10 @@ def _free_port() -> int:
 class EmbeddedNats:
     """A NATS server with JetStream for this machine's services; a context manager."""
 
-    def __init__(self, state_dir: Path | str, start_timeout_s: float = 15.0):
+    def __init__(self, state_dir: Path | str, authorization: str, start_timeout_s: float = 15.0):
+        if not authorization.lstrip().startswith("authorization"):
+            raise GristmillError("an embedded NATS server needs an authorization block (its users)")
+        self.authorization = authorization
         self.state_dir = Path(state_dir)
         self.start_timeout_s = start_timeout_s
         self.port = 0
@@ -76,13 +82,15 @@ class EmbeddedNats:
         if not self.port:
             self.port, self.monitor_port = _free_port(), _free_port()
         config = self.state_dir / "nats.conf"
-        config.write_text(
-            _CONFIG.format(
-                port=self.port,
-                monitor_port=self.monitor_port,
-                store_dir=self.state_dir / "jetstream",
-            )
+        text = _CONFIG.format(
+            port=self.port,
+            monitor_port=self.monitor_port,
+            store_dir=self.state_dir / "jetstream",
+            authorization=self.authorization,
         )
+        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:  # it holds the users' password hashes
+            out.write(text)
         log = open(self.state_dir / "nats.log", "ab")  # noqa: SIM115 - the server writes it
         self._process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT

@@ -24,9 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gristmill.bus.subjects import Kind, check_token, stream_subjects
+from gristmill.bus.subjects import PREFIX, Kind, SubjectError, check_token, stream_subjects
 
-__all__ = ["BUCKETS", "StreamLimits", "TeamLayout", "ensure_layout", "layout_name"]
+__all__ = [
+    "BUCKETS",
+    "StreamLimits",
+    "TeamLayout",
+    "ensure_layout",
+    "layout_name",
+    "stream_of",
+]
 
 BUCKETS = ("jobs", "done", "assignments", "workers")
 
@@ -110,6 +117,24 @@ class TeamLayout:
             }
             for name, kind, retention, bounds in streams
         ]
+
+
+def stream_of(subject: str) -> str:
+    """The stream that holds `subject` (or a filter such as `gm.<team>.event.*.>`), named
+    without asking the server: a team's user may not list streams."""
+    parts = subject.split(".")
+    if len(parts) < 4 or parts[0] != PREFIX:
+        raise SubjectError(f"no gristmill stream holds {subject!r}")
+    layout = TeamLayout(parts[1])
+    streams = {
+        "task": layout.tasks_stream,
+        "event": layout.events_stream,
+        "dlq": layout.dlq_stream,
+        "span": layout.spans_stream,
+    }
+    if parts[2] not in streams:
+        raise SubjectError(f"no gristmill stream holds {subject!r}")
+    return streams[parts[2]]
 
 
 async def ensure_layout(js: Any, layout: TeamLayout, limits: StreamLimits | None = None) -> None:
