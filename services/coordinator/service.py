@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import time
+import uuid
 from typing import Any
 
 from faststream.nats import NatsMessage
@@ -30,6 +31,7 @@ from gristmill.bus import (
     JobStarted,
     JobState,
     MessageError,
+    RetryQuery,
     StatusQuery,
     TaskFailed,
     TaskRetried,
@@ -39,8 +41,9 @@ from gristmill.bus import (
     peek,
 )
 from gristmill.bus.broker import service_broker
-from gristmill.bus.client import Publisher
+from gristmill.bus.client import Publisher, kv_keys, replay
 from gristmill.bus.jobs import (
+    JobRecord,
     archived_key,
     assignment_key,
     consumer_name,
@@ -56,15 +59,18 @@ from gristmill.bus.subjects import (
     event_filter,
     event_subject,
     parse_subject,
+    task_subject,
     team_subjects,
 )
 from gristmill.config import ServiceSettings
+from gristmill.credentials import TOKENS_FILE, TokenTable, service_credentials
 from gristmill.errors import GristmillError
 from gristmill.loops import LoopSet
 from gristmill.store import TaskStore
 from gristmill.telemetry import in_job
 from services.coordinator.api import SAMPLE_EVERY_S, JobViews
 from services.coordinator.http import HttpServer, create_http_app
+from services.coordinator.sharing import split_cap
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
 
 __all__ = ["CoordinatorService"]
@@ -83,7 +89,11 @@ class CoordinatorService:
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
         self.store = TaskStore(settings.store_root)
-        self.broker = service_broker(settings.nats_url, self._reconnected)
+        self.broker = service_broker(
+            settings.nats_url,
+            self._reconnected,
+            service_credentials("coordinator", settings.credentials),
+        )
         self.jobs: dict[str, dict[str, JobTracker]] = {team: {} for team in settings.teams}
         self.workers: dict[str, dict[str, WorkerState]] = {team: {} for team in settings.teams}
         self._assigned: dict[str, dict[str, str]] = {team: {} for team in settings.teams}
@@ -111,6 +121,9 @@ class CoordinatorService:
             self.broker.subscriber(api_subject(team, "why"), queue="coordinator")(
                 self._why_handler(team)
             )
+            self.broker.subscriber(api_subject(team, "retry"), queue="coordinator")(
+                self._retry_handler(team)
+            )
 
     async def after_start(self) -> None:
         """Layouts, then follow events and workers, and start assigning."""
@@ -127,7 +140,8 @@ class CoordinatorService:
         self._loops.start("flush", self._flush_loop)
         self._loops.start("gc", self._gc_loop)
         self._loops.start("history", self._sample_loop)
-        app = create_http_app(self.views, self.settings.teams, self._all_caught_up)
+        tokens = TokenTable.load(self.settings.credentials / TOKENS_FILE)
+        app = create_http_app(self.views, self.settings.teams, self._all_caught_up, tokens)
         self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
         self.http_url = await self.http.start()
         log.info("coordinator ready for teams %s", ", ".join(self.settings.teams))
@@ -383,12 +397,7 @@ class CoordinatorService:
         return archived
 
     async def _count_archived(self, team: str) -> int:
-        from nats.js.errors import NoKeysError
-
-        try:
-            return len(await self._kv[team, "jobs"].keys(filters=["archived.*"]))
-        except NoKeysError:
-            return 0
+        return len(await kv_keys(self._kv[team, "jobs"], "archived.*"))
 
     # -- workers and slots -------------------------------------------------------------------
 
@@ -429,10 +438,17 @@ class CoordinatorService:
     async def _assign(self, team: str) -> None:
         live = {w: WorkerInfo(b.pool, b.slots) for w, b in self.live_workers(team).items()}
         plan = assign_slots(live, self.jobs[team])
+        cap = self.settings.policy(team).max_in_flight_tasks
+        caps = split_cap(cap, {w: info.slots for w, info in live.items()}) if cap else {}
         written = self._assigned[team]
         kv = self._kv[team, "assignments"]
         for worker, steps in plan.items():
-            value = _json({"steps": steps})
+            if worker in caps:  # the worker's part of the team's in-flight quota
+                part = caps[worker]
+                steps = [{**s, "slots": min(s["slots"], part)} for s in steps] if part else []
+                value = _json({"steps": steps, "cap": part})
+            else:
+                value = _json({"steps": steps})
             if written.get(worker) != value:
                 await kv.put(assignment_key(worker), value.encode())
                 written[worker] = value
@@ -499,6 +515,70 @@ class CoordinatorService:
             return ApiReply(ok=True, job=query.job, data=fate).to_json()
 
         return why
+
+    def _retry_handler(self, team: str) -> Any:
+        async def retry(msg: NatsMessage) -> bytes:
+            try:
+                query = RetryQuery.from_json(msg.body or b"{}")
+                await self.retry(team, query)
+            except (GristmillError, MessageError) as exc:
+                log.info("team %s: refused to retry: %s", team, exc)
+                return ApiReply(ok=False, error=str(exc)).to_json()
+            return ApiReply(ok=True, job=query.job).to_json()
+
+        return retry
+
+    async def retry(self, team: str, query: RetryQuery) -> None:
+        """Run a dead-lettered task of `team` again, from the coordinator's own copy of its
+        dead letter: its step's consumer is made again (the job's end removed it), the job
+        reopens (`TaskRetried`) and the manifest is published afresh with its attempts reset."""
+        from nats.js import api
+        from nats.js.errors import KeyNotFoundError
+
+        letter = None
+        async for raw in replay(self._js, dlq_subject(team, query.job, str(query.step))):
+            with contextlib.suppress(MessageError):
+                found = DeadLetter.from_json(raw.data)
+                if found.failure.task_id == query.task_id and found.manifest is not None:
+                    letter = found
+        if letter is None or letter.manifest is None:
+            raise GristmillError(
+                f"team {team} has no dead letter of task {query.task_id} of step {query.step} "
+                f"of job {query.job}"
+            )
+        try:
+            entry = await self._kv[team, "jobs"].get(job_key(query.job))
+            record = JobRecord.from_json(entry.value)
+        except (KeyNotFoundError, MessageError) as exc:
+            raise GristmillError(f"job {query.job} has no record (archived?): {exc}") from None
+        manifest = letter.manifest
+        [task] = [t for t in manifest.tasks if t.task_id == query.task_id] or manifest.tasks[:1]
+        await self._js.add_consumer(
+            TeamLayout(team).tasks_stream,
+            api.ConsumerConfig(
+                durable_name=consumer_name(query.job, query.step),
+                filter_subject=task_subject(team, query.job, str(query.step)),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=record.spec.options.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=-1,
+            ),
+        )
+        once = uuid.uuid4().hex[:12]
+        retried = TaskRetried(job=query.job, step=query.step, task_id=task.task_id)
+        assert self._publisher is not None
+        await self._publisher.publish(
+            event_subject(team, query.job, "task_retried"),
+            retried,
+            msg_id("retried", query.job, query.step, task.task_id, once),
+        )
+        fresh = manifest.model_copy(update={"tasks": [task.model_copy(update={"attempts": 0})]})
+        await self._publisher.publish(
+            task_subject(team, query.job, str(query.step)),
+            fresh,
+            f"{msg_id('retry', query.job, query.step, task.task_id)}.{once}",
+        )
+        log.info("team %s: task %s of job %s retried", team, task.task_id, query.job)
 
     def _gc_handler(self, team: str) -> Any:
         async def gc(msg: NatsMessage) -> bytes:

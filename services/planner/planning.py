@@ -155,6 +155,10 @@ def _timeout(stage: Any) -> float | None:
 
 def _untrusted(spec: JobSpec, store: TaskStore) -> str:
     """Why a job that brings its own classes cannot run here, naming the first such class."""
+    advice = (
+        f"team {spec.team} may use registered stages only (its own classes run where the "
+        f"teams file's trusted_teams names it and the service is not --registered-only)"
+    )
     for position, entry in enumerate(spec.pipeline.get("stages") or [], 1):
         sha = entry.get("code") if isinstance(entry, dict) else None
         if sha:
@@ -164,10 +168,10 @@ def _untrusted(spec: JobSpec, store: TaskStore) -> str:
                 module = f"code {sha[:12]}"
             return (
                 f"stage #{position} is the class {module}:{entry.get('stage')}, which is not "
-                f"registered on this service; it runs registered stages only (install the "
-                f"stage where the service runs, under the entry points 'gristmill.stages')"
+                f"registered on this service; {advice}: install the stage where the service "
+                f"runs, under the entry points 'gristmill.stages'"
             )
-    return "this service runs registered stages only, and the job brings its own task classes"
+    return f"the job brings its own task classes; {advice}"
 
 
 def _with_paths(pipeline: dict[str, Any], inputs: list[str], output: str | None) -> dict[str, Any]:

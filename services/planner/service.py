@@ -30,33 +30,38 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Status, StatusCode
 
-from gristmill import faults, telemetry
+from gristmill import faults, fs, telemetry
 from gristmill.bus import (
     IDS_PER_PART,
     ApiReply,
     IdsPart,
     JobSpec,
     JobStarted,
+    JobState,
     MessageError,
     TaskManifest,
 )
 from gristmill.bus.broker import service_broker
-from gristmill.bus.client import Publisher
+from gristmill.bus.client import Publisher, kv_keys
 from gristmill.bus.jobs import (
     JobRecord,
     archived_key,
     consumer_name,
+    job_id_for,
     job_key,
     msg_id,
     published_key,
+    state_key,
 )
 from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.bus.subjects import api_subject, event_subject, task_subject
 from gristmill.config import ServiceSettings
+from gristmill.credentials import service_credentials
 from gristmill.loops import cancel_all
 from gristmill.pipeline.portable import CodeLoader
 from gristmill.store import StoreWriteError, TaskStore
 from services.planner.planning import Planned, Rejected, plan_job
+from services.planner.quotas import running_jobs_refusal, store_refusal
 
 __all__ = ["PlannerService"]
 
@@ -74,12 +79,18 @@ class PlannerService:
         # The planner's writes are a job's acceptance: an I/O error is tried again, backing off.
         self.store = TaskStore(settings.store_root, write_attempts=8)
         self.telemetry = telemetry.setup("planner", teams=settings.teams)
-        self.broker = service_broker(settings.nats_url, self._reconnected, self.telemetry.provider)
+        self.broker = service_broker(
+            settings.nats_url,
+            self._reconnected,
+            service_credentials("planner", settings.credentials),
+            self.telemetry.provider,
+        )
         # One per team, kept: a pipeline's code is loaded once, not at every submission.
         self._loaders = {team: _team_loader(self.store, team) for team in settings.teams}
         self._publishing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._publisher: Publisher | None = None
         self._jobs: dict[str, Any] = {}  # each team's jobs bucket, bound once
+        self._admission = {team: asyncio.Lock() for team in settings.teams}
         for team in settings.teams:
             self.broker.subscriber(api_subject(team, "submit"), queue="planner")(
                 self._submit_handler(team)
@@ -123,7 +134,12 @@ class PlannerService:
 
     def _info_handler(self, team: str) -> Any:
         async def info(msg: NatsMessage) -> bytes:
-            data = {"store": self.settings.store_root, "trust_code": self.settings.trust_code}
+            data = {
+                "store": self.settings.store_root,
+                "trust_code": self.settings.trusts(team),
+                "output_root": self.settings.output_root_of(team),
+                "input_roots": list(self.settings.readable_roots_of(team)),
+            }
             return ApiReply(ok=True, data=data).to_json()
 
         return info
@@ -137,21 +153,58 @@ class PlannerService:
         except MessageError as exc:
             return ApiReply(ok=False, error=str(exc))
         if spec.team != team:
+            log.warning("refused a job of team %s sent to team %s's subject", spec.team, team)
             return ApiReply(ok=False, error=f"a job of team {spec.team!r} sent to team {team!r}")
-        try:
-            planned = await self._plan(team, spec)
-        except StoreWriteError as exc:
-            log.error("a job of team %s could not be stored: %s", team, exc)
-            return ApiReply(ok=False, error=f"the service could not store the job: {exc}")
-        except Rejected as exc:
-            log.info("rejected a job of team %s: %s", team, exc)
-            return ApiReply(ok=False, error=str(exc))
-        job = planned.record.job
+        job = job_id_for(team, spec.request_id)
         if await self._known(team, job):
             return ApiReply(ok=True, job=job)  # a resubmitted request: that job, nothing new
-        with self._job_span(team, job, received, len(planned.manifests)):
-            await self._start(team, planned)
+        async with self._admission[team]:  # one at a time: two must not both take the last place
+            refusal = await self._over_quota(team, job)
+            if refusal is not None:
+                log.info("refused a job of team %s: %s", team, refusal)
+                return ApiReply(ok=False, error=refusal)
+            try:
+                planned = await self._plan(team, spec)
+            except StoreWriteError as exc:
+                log.error("a job of team %s could not be stored: %s", team, exc)
+                return ApiReply(ok=False, error=f"the service could not store the job: {exc}")
+            except Rejected as exc:
+                log.info("rejected a job of team %s: %s", team, exc)
+                return ApiReply(ok=False, error=str(exc))
+            with self._job_span(team, job, received, len(planned.manifests)):
+                await self._start(team, planned)
         return ApiReply(ok=True, job=job)
+
+    async def _over_quota(self, team: str, job: str) -> str | None:
+        """Why `team` may not start another job now (None: it may)."""
+        policy = self.settings.policy(team)
+        if policy.max_running_jobs is not None:
+            running = await self._running(team)
+            running.discard(job)
+            refusal = running_jobs_refusal(team, policy.max_running_jobs, running)
+            if refusal:
+                return refusal
+        if policy.max_store_bytes is not None:
+            used = await asyncio.to_thread(fs.tree_size, self.store.team_root(team))
+            return store_refusal(team, policy.max_store_bytes, used)
+        return None
+
+    async def _running(self, team: str) -> set[str]:
+        """The team's jobs that have a record and no final state."""
+        from nats.js.errors import KeyNotFoundError
+
+        jobs = self._jobs[team]
+        running = set()
+        for key in await kv_keys(jobs, "job.*"):
+            job = key.split(".", 1)[1]
+            try:
+                state = JobState.from_json((await jobs.get(state_key(job))).value)
+            except (KeyNotFoundError, MessageError):
+                running.add(job)  # not announced yet: it runs
+                continue
+            if not state.finished:
+                running.add(job)
+        return running
 
     @contextlib.contextmanager
     def _job_span(self, team: str, job: str, received: int, manifests: int) -> Iterator[None]:
@@ -182,10 +235,10 @@ class PlannerService:
             plan_job,
             spec,
             self.store,
-            self.settings.output_root,
-            self.settings.trust_code,
+            self.settings.output_root_of(team),
+            self.settings.trusts(team),
             self._loaders[team],
-            self.settings.readable_roots,
+            self.settings.readable_roots_of(team),
         )
 
     async def _known(self, team: str, job: str) -> bool:
@@ -301,14 +354,10 @@ class PlannerService:
 
     async def _resume(self, team: str) -> None:
         """Finish the jobs a planner before this one recorded but did not publish in full."""
-        from nats.js.errors import KeyNotFoundError, NoKeysError
+        from nats.js.errors import KeyNotFoundError
 
         jobs = self._jobs[team]
-        try:
-            keys = await jobs.keys(filters=["job.*"])
-        except NoKeysError:
-            return
-        for key in keys:
+        for key in await kv_keys(jobs, "job.*"):
             job = key.split(".", 1)[1]
             with contextlib.suppress(KeyNotFoundError):
                 await jobs.get(published_key(job))

@@ -28,7 +28,8 @@ from gristmill.executors.placement import gpu_request
 from gristmill.stages import Resources
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.effects import Effects, Failure, Work
-from services.worker.pulling import KeepAlive, Slots
+from services.worker.fairshare import FairSlots
+from services.worker.pulling import KeepAlive
 from services.worker.spans import AttemptSpans
 
 __all__ = ["BatchRunner", "Lost"]
@@ -56,7 +57,7 @@ class BatchRunner:
         self,
         settings: ServiceSettings,
         worker: str,
-        slots: Slots,
+        slots: FairSlots,
         actors: ActorPool,
         wanted: Callable[[], set[ActorKey]],
         spans: AttemptSpans | None = None,
@@ -152,7 +153,8 @@ class BatchRunner:
         import ray
 
         key: ActorKey = (record.spec.team, record.fingerprint, step)
-        await self.slots.acquire()
+        spec = record.spec
+        grant = await self.slots.acquire(spec.team, record.job, spec.options.priority)
         self.running += 1
         started = time.perf_counter()
         try:
@@ -187,7 +189,7 @@ class BatchRunner:
             return results, name
         finally:
             self.running -= 1
-            await self.slots.release()
+            await self.slots.release(grant)
 
     async def _hung(self, actor: Any, timeout: float, elapsed: float) -> str | None:
         """The task the actor has run for longer than `timeout`, if any ("?" when the actor is
@@ -236,7 +238,11 @@ class BatchRunner:
         remote = ray.remote(StepRunner).options(**options)
         self.actors.started(key)
         return remote.remote(
-            record.to_json(), step, self.settings.store_root, self.settings.trust_code, self.worker
+            record.to_json(),
+            step,
+            self.settings.store_root,
+            self.settings.trusts(record.spec.team),
+            self.worker,
         )
 
     async def _stop(self, key: ActorKey, actor: Any) -> None:

@@ -24,13 +24,15 @@ from gristmill.bus.client import Publisher
 from gristmill.bus.jobs import JobRecord, consumer_name, job_key
 from gristmill.bus.streams import TeamLayout, ensure_layout
 from gristmill.config import ServiceSettings
+from gristmill.credentials import service_credentials
 from gristmill.loops import LoopSet, cancel_all
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.assignments import Wanted, follow_assignments
 from services.worker.effects import Effects
+from services.worker.fairshare import FairSlots
 from services.worker.heartbeat import Heartbeat
 from services.worker.outcome import group_size_for
-from services.worker.pulling import KeepAlive, Puller, Slots
+from services.worker.pulling import KeepAlive, Puller
 from services.worker.running import BatchRunner, _kill
 from services.worker.spans import AttemptSpans
 
@@ -63,8 +65,13 @@ class WorkerService:
         self.settings = settings
         self.pool = pool
         self.worker_id = worker_id or default_worker_id(pool)
-        self.broker = service_broker(settings.nats_url, self._reconnected)
-        self.slots = Slots(slots)
+        self.broker = service_broker(
+            settings.nats_url,
+            self._reconnected,
+            service_credentials("worker", settings.credentials),
+        )
+        weights = {team: settings.policy(team).weight for team in settings.teams}
+        self.slots = FairSlots(slots, weights)
         self.actors = ActorPool(idle_s=settings.idle_actor_s)
         self.telemetry = telemetry.setup(
             "worker", worker=self.worker_id, pool=pool, teams=settings.teams
@@ -148,8 +155,10 @@ class WorkerService:
 
     # -- assignments and pullers -------------------------------------------------------------
 
-    async def _on_assignment(self, team: str, wanted: Wanted) -> None:
-        """Start and stop pullers to match `wanted` (a changed share applies at once)."""
+    async def _on_assignment(self, team: str, wanted: Wanted, cap: int | None = None) -> None:
+        """Start and stop pullers to match `wanted` (a changed share applies at once), and hold
+        the team to `cap` task runs at once here (its part of its in-flight quota)."""
+        self.slots.set_cap(team, cap)
         for key in [k for k in self._assigned if k[0] == team and k not in wanted]:
             del self._assigned[key]  # its puller ends after the batches it holds
         for key in [k for k, puller in self._pullers.items() if puller.done()]:

@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--drops", help="a writer's drops_path (directory or URL)")
     where.add_argument("--job", help="a service job (asks the service)")
     why.add_argument("--state-dir", help="the service's state (with --job)")
-    why.add_argument("--team", default="default", help="the team (with --job; default: default)")
+    why.add_argument("--team", help="the team (with --job; default: the credentials')")
+    why.add_argument("--credentials", metavar="FILE", help="the team's credentials (with --job)")
     service_cli.add_commands(commands)
     return parser
 

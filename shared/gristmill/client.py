@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gristmill.bus import (
@@ -24,22 +26,24 @@ from gristmill.bus import (
     JobStarted,
     JobState,
     MessageError,
+    RetryQuery,
     StatusQuery,
     TaskFailed,
     TaskResult,
-    TaskRetried,
     TasksDone,
     WorkerState,
 )
-from gristmill.bus.client import Publisher, replay, request
-from gristmill.bus.jobs import JobRecord, consumer_name, job_key, msg_id
-from gristmill.bus.streams import TeamLayout
-from gristmill.bus.subjects import dlq_filter, event_subject, task_subject
+from gristmill.bus.client import replay, request
+from gristmill.bus.subjects import dlq_filter, event_subject
+from gristmill.config import state_dir
+from gristmill.credentials import CredentialError, Credentials, resolve_credentials
 from gristmill.errors import GristmillError
 from gristmill.store import TaskStore
 from gristmill.tasks import Task
 
 __all__ = ["JobRejected", "ServiceClient", "ServiceStatus", "new_request_id"]
+
+log = logging.getLogger("gristmill.client")
 
 
 class JobRejected(GristmillError):
@@ -61,27 +65,57 @@ class ServiceStatus:
 
 
 class ServiceClient:
-    """An open connection to a service for one team."""
+    """An open connection to a service for one team (the team its credentials are of)."""
 
     def __init__(self, nc: Any, team: str = "default"):
         self.nc = nc
         self.js = nc.jetstream()
         self.team = team
         self._store: TaskStore | None = None
-        self._publisher = Publisher(nc, full_timeout_s=60.0)
 
     @classmethod
-    async def connect(cls, url: str, team: str = "default") -> ServiceClient:
-        """Connect to the NATS server at `url`."""
+    async def connect(
+        cls,
+        url: str,
+        team: str | None = None,
+        credentials: str | Path | Credentials | None = None,
+    ) -> ServiceClient:
+        """Connect to the NATS server at `url` as the team of `credentials` (found as
+        `gristmill.credentials.resolve_credentials` says when not given)."""
         import nats
 
+        found = resolve_credentials(credentials, team, url, state_dir())
+        if found.team is None:
+            raise CredentialError(f"{found.where} are a service's; a client needs a team's")
+
+        rejected: list[Exception] = []
+
+        async def refused(exc: Exception) -> None:  # what the server refused, said once
+            if "authorization violation" in str(exc).lower():
+                rejected.append(exc)
+                return
+            log.warning("team %s: the NATS server refused an operation: %s", found.team, exc)
+
         try:
-            nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=5)
+            nc = await nats.connect(
+                url,
+                connect_timeout=5,
+                max_reconnect_attempts=5,
+                allow_reconnect=True,
+                error_cb=refused,
+                name=f"gristmill-team-{found.team}",
+                **found.connect_options(),
+            )
         except Exception as exc:
+            if rejected or "authorization violation" in str(exc).lower():
+                raise CredentialError(
+                    f"the NATS server at {url} rejected the credentials in {found.where} "
+                    f"(team {found.team}): authorization violation"
+                ) from None
             raise GristmillError(
                 f"cannot reach the gristmill service's NATS server at {url}: {exc}"
             ) from exc
-        return cls(nc, team)
+        return cls(nc, found.team)
 
     async def close(self) -> None:
         """Close the connection."""
@@ -263,46 +297,11 @@ class ServiceClient:
 
     async def retry(self, letter: DeadLetter) -> None:
         """Run a dead-lettered task again with all its attempts: its job reopens (a
-        `TaskRetried` event) and ends again once the task has run."""
-        from nats.js import api
-
-        manifest = letter.manifest
-        if manifest is None:
-            raise GristmillError(
-                f"the dead letter from {letter.subject} holds no readable manifest (it came as "
-                f"{letter.raw[:80]!r}); it cannot be retried"
-            )
-        layout = TeamLayout(self.team)
-        jobs = await self.js.key_value(layout.bucket("jobs"))
-        try:
-            record = JobRecord.from_json((await jobs.get(job_key(manifest.job))).value)
-        except Exception as exc:
-            raise GristmillError(f"job {manifest.job} has no record (archived?): {exc}") from exc
-        [entry] = manifest.tasks
-        step = manifest.step
-        await self.js.add_consumer(
-            layout.tasks_stream,
-            api.ConsumerConfig(
-                durable_name=consumer_name(manifest.job, step),
-                filter_subject=task_subject(self.team, manifest.job, str(step)),
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=record.spec.options.ack_wait_s,
-                max_deliver=-1,
-                max_ack_pending=-1,
-            ),
-        )
-        once = uuid.uuid4().hex[:12]
-        retried = TaskRetried(job=manifest.job, step=step, task_id=entry.task_id)
-        subject = event_subject(self.team, manifest.job, "task_retried")
-        await self._publisher.publish(
-            subject, retried, msg_id("retried", manifest.job, step, entry.task_id, once)
-        )
-        fresh = manifest.model_copy(update={"tasks": [entry.model_copy(update={"attempts": 0})]})
-        await self._publisher.publish(
-            task_subject(self.team, manifest.job, str(step)),
-            fresh,
-            f"{msg_id('retry', manifest.job, step, entry.task_id)}.{once}",
-        )
+        `TaskRetried` event) and ends again once the task has run. The coordinator does it,
+        from its own copy of the dead letter (this only names the task)."""
+        failure = letter.failure
+        query = RetryQuery(job=failure.job, step=failure.step, task_id=failure.task_id)
+        _ok(await request(self.nc, self.team, "retry", query, timeout_s=30.0))
 
     async def why(self, job: str, doc_id: str) -> dict[str, Any]:
         """What became of document `doc_id` in `job`: the coordinator's answer from the

@@ -19,6 +19,7 @@ from gristmill.client import ServiceClient, new_request_id
 from gristmill.config import SERVICE_FILE, ServiceSettings, nats_url, state_dir
 from gristmill.errors import GristmillError
 from gristmill.pipeline.spec import load_spec
+from gristmill.teams import TeamsConfig
 
 __all__ = ["add_commands", "describe_fate", "run_command"]
 
@@ -75,7 +76,13 @@ def _state_flag(parser: argparse.ArgumentParser) -> None:
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
     _state_flag(parser)
-    parser.add_argument("--team", default="default", help="the team (default: default)")
+    parser.add_argument(
+        "--credentials",
+        metavar="FILE",
+        help="the team's credentials file (default: GRISTMILL_CREDENTIALS, else the only "
+        "team's file under the state dir's credentials/)",
+    )
+    parser.add_argument("--team", help="the team (default: the one the credentials are of)")
 
 
 def _service_flags(parser: argparse.ArgumentParser, with_state: bool = True) -> None:
@@ -86,6 +93,13 @@ def _service_flags(parser: argparse.ArgumentParser, with_state: bool = True) -> 
     parser.add_argument("--slots", type=int, default=2, help="tasks each CPU worker runs at once")
     parser.add_argument(
         "--registered-only", action="store_true", help="refuse jobs that bring their own code"
+    )
+    teams = parser.add_mutually_exclusive_group()
+    teams.add_argument(
+        "--teams", help="comma-separated teams to serve (default: GRISTMILL_TEAMS, else 'default')"
+    )
+    teams.add_argument(
+        "--teams-file", help="YAML file of teams with weights, quotas and trusted_teams"
     )
 
 
@@ -125,8 +139,15 @@ def _up(args: argparse.Namespace) -> int:
     from gristmill.embedded import EmbeddedService
 
     settings = ServiceSettings.from_env("nats://unused")  # the GRISTMILL_* limits and roots
+    if args.teams_file:
+        teams = TeamsConfig.load(args.teams_file)
+    elif args.teams:
+        teams = TeamsConfig.of_names([t.strip() for t in args.teams.split(",") if t.strip()])
+    else:
+        teams = settings.policies
     service = EmbeddedService(
         state_dir(),
+        teams_config=teams,
         workers=args.workers,
         gpu_workers=args.gpu_workers,
         slots=args.slots,
@@ -141,12 +162,27 @@ def _up(args: argparse.Namespace) -> int:
     stop = _StopSignal()  # after start: starting Ray installs handlers of its own
     try:
         print(f"gristmill service up at {service.url} (state in {service.state_dir})")
+        _say_credentials(service)
         print("Ctrl-C or `gristmill down` stops it", flush=True)
         stop.wait()
     finally:
         service.stop()
     print("gristmill service stopped")
     return 0
+
+
+def _say_credentials(service: Any) -> None:
+    from gristmill.credentials import read_credentials
+
+    if len(service.teams) == 1:
+        token = read_credentials(service.credentials()).http_token
+        print(f"team {service.teams[0]}: credentials in {service.credentials()}")
+        print(f"dashboard: {service.http_url}/#token={token}")
+        return
+    print(
+        f"teams {', '.join(service.teams)}: credentials in {service.credentials_dir}/<team>.creds"
+    )
+    print(f"dashboard: {service.http_url}/#token=<the team's http_token>")
 
 
 class _StopSignal:
@@ -182,6 +218,10 @@ def _up_detached(args: argparse.Namespace) -> int:
     ]
     if args.registered_only:
         command.append("--registered-only")
+    if args.teams_file:
+        command += ["--teams-file", str(Path(args.teams_file).resolve())]
+    elif args.teams:
+        command += ["--teams", args.teams]
     log_path = state / "logs" / "supervisor.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
@@ -196,6 +236,7 @@ def _up_detached(args: argparse.Namespace) -> int:
         found = _running()
         if found is not None and found.get("pid") == process.pid:
             print(f"gristmill service up at {found['nats_url']} (state in {state}, log {log_path})")
+            print(f"credentials: {found.get('credentials')}")
             return 0
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-3000:]
@@ -254,10 +295,10 @@ def _run(args: argparse.Namespace) -> int:
             _down()
 
 
-def _spec_of(args: argparse.Namespace) -> JobSpec:
+def _spec_of(args: argparse.Namespace, team: str) -> JobSpec:
     pipeline = load_spec(args.spec).to_dict()
     return JobSpec(
-        team=args.team,
+        team=team,
         request_id=new_request_id(),
         pipeline=pipeline,
         inputs=[_absolute(p) for p in args.input],
@@ -271,7 +312,7 @@ def _absolute(path: str) -> str:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
-    client = await ServiceClient.connect(nats_url(), args.team)
+    client = await ServiceClient.connect(nats_url(), args.team, args.credentials)
     try:
         if args.command in ("submit", "run"):
             return await _submit(client, args)
@@ -292,7 +333,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 
 
 async def _submit(client: ServiceClient, args: argparse.Namespace) -> int:
-    spec = _spec_of(args)
+    spec = _spec_of(args, client.team)
     started = time.perf_counter()
     job = await client.submit(spec)
     print(f"job {job} submitted")

@@ -47,6 +47,7 @@ __all__ = [
     "ManifestSplit",
     "Message",
     "MessageError",
+    "RetryQuery",
     "StatusQuery",
     "StepCounts",
     "StepInfo",
@@ -62,7 +63,8 @@ __all__ = [
 ]
 
 # 3: trace fields (TaskEntry.parent_span, TaskResult/StepCounts.dropped_by, JobState.trace_id)
-SCHEMA_VERSION = 3
+# 4: teams (JobOptions.priority, RetryQuery: the coordinator retries a dead letter)
+SCHEMA_VERSION = 4
 _SHA256 = r"^[0-9a-f]{64}$"
 
 # A task whose bytes are at most this long travels inside its manifest.
@@ -157,6 +159,7 @@ class JobOptions(Message):
     retry_backoff_s: float = Field(1.0, ge=0)
     task_timeout_s: float = Field(3600.0, gt=0)
     fuse: bool = True
+    priority: int = Field(0, ge=-100, le=100)  # among the team's jobs: higher runs first
 
 
 class JobSpec(Message):
@@ -384,6 +387,25 @@ class WhyQuery(Message):
     @classmethod
     def _job_token(cls, job: str) -> str:
         return check_token("job", job)
+
+
+class RetryQuery(Message):
+    """A request on `gm.<team>.api.retry`: run dead-lettered task `task_id` of step `step` of
+    job `job` again (the coordinator takes the manifest from its own dead-letter stream)."""
+
+    job: str
+    step: int = Field(ge=0)
+    task_id: str
+
+    @field_validator("job")
+    @classmethod
+    def _job_token(cls, job: str) -> str:
+        return check_token("job", job)
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, task_id: str) -> str:
+        return check_task_id(task_id, "retried task")
 
 
 class GcQuery(Message):

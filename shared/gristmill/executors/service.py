@@ -37,7 +37,9 @@ class ServiceExecutor(BaseExecutor):
     """Submits to the service at `url` (default: `GRISTMILL_NATS_URL`, else the embedded
     service `gristmill up` runs under the state dir) and waits.
 
-    Config keys: `team` (default "default"), `timeout_s` (default none), `max_deliver`,
+    Config keys: `credentials` (a credentials file; default: `GRISTMILL_CREDENTIALS`, else
+    the service's only team's), `team` (default: the credentials' team), `timeout_s` (default
+    none), `priority` (among the team's jobs, higher first; default 0), `max_deliver`,
     `ack_wait_s`, `retry_backoff_s`, `task_timeout_s` (the job's retry policy),
     `allow_failures` (default False: a dead-lettered task raises `JobFailed`; True returns what
     succeeded), `submit_timeout_s` (how long to wait for the planner's answer before asking
@@ -46,7 +48,9 @@ class ServiceExecutor(BaseExecutor):
 
     config_keys = frozenset(
         {
+            "credentials",
             "team",
+            "priority",
             "timeout_s",
             "max_deliver",
             "ack_wait_s",
@@ -72,8 +76,10 @@ class ServiceExecutor(BaseExecutor):
     async def _execute(
         self, stages: list[AnyStage], initial_tasks: list[AnyTask] | None
     ) -> list[AnyTask]:
-        team = str(self.config.get("team", "default"))
-        client = await ServiceClient.connect(nats_url(self.url), team)
+        team = self.config.get("team")
+        client = await ServiceClient.connect(
+            nats_url(self.url), str(team) if team else None, self.config.get("credentials")
+        )
         try:
             return await self._submit_and_wait(client, stages, initial_tasks)
         finally:
@@ -94,7 +100,7 @@ class ServiceExecutor(BaseExecutor):
         request_id = new_request_id()
         job = job_id_for(client.team, request_id)
         refs = [store.put(client.team, job, "initial", task) for task in tasks]
-        policy = ("max_deliver", "ack_wait_s", "retry_backoff_s", "task_timeout_s")
+        policy = ("max_deliver", "ack_wait_s", "retry_backoff_s", "task_timeout_s", "priority")
         options = {key: self.config[key] for key in policy if key in self.config}
         submission = JobSpec(
             team=client.team,
