@@ -17,39 +17,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gristmill import faults
+from services.worker.fairshare import FairSlots
 
-__all__ = ["KeepAlive", "Puller", "Slots"]
+__all__ = ["KeepAlive", "Puller"]
 
 log = logging.getLogger("gristmill.worker")
 
 StepKey = tuple[str, str, int]  # team, job, step
-
-
-class Slots:
-    """The worker's concurrent actor runs: `acquire` one, `release` it, or wait until one is
-    free without taking it (`wait_free`, before fetching)."""
-
-    def __init__(self, count: int):
-        self.count = count
-        self.used = 0
-        self._changed = asyncio.Condition()
-
-    async def acquire(self) -> None:
-        """Take a slot, waiting for one."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.used < self.count)
-            self.used += 1
-
-    async def release(self) -> None:
-        """Give a slot back."""
-        async with self._changed:
-            self.used -= 1
-            self._changed.notify_all()
-
-    async def wait_free(self) -> None:
-        """Return once a slot is free (taking nothing)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.used < self.count)
 
 
 class KeepAlive:
@@ -84,7 +58,7 @@ class Puller:
         key: StepKey,
         stream: str,
         consumer: str,
-        slots: Slots,
+        slots: FairSlots,
         share: Callable[[], int],
         batch_size: Callable[[], int],
         ahead: Callable[[], int],

@@ -1,0 +1,268 @@
+"""Fair slots: slot-time follows team weights, a late team catches up, caps and priorities
+hold, and cancelled waiters leave nothing behind. Time is a fake clock that the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from services.worker.fairshare import FairSlots, Grant
+
+
+class Clock:
+    """A clock that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run[T](scenario: Callable[[], Awaitable[T]]) -> T:
+    """Run `scenario` with eager tasks: a task runs to its first wait as it is created, so what
+    a test asserts right after `create_task` is already settled."""
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        return await scenario()
+
+    return asyncio.run(main())
+
+
+class Runs:
+    """Tasks that each hold their slot for 1 s of fake time; `finish` ends them in the order they
+    started, moving the clock, and returns their grants in that order."""
+
+    def __init__(self, slots: FairSlots, clock: Clock):
+        self.slots, self.clock = slots, clock
+        self.granted: asyncio.Queue[Grant] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def submit(self, team: str, job: str = "j", n: int = 1, priority: int = 0) -> None:
+        for _ in range(n):
+            self.tasks.append(asyncio.create_task(self._one(team, job, priority)))
+
+    async def _one(self, team: str, job: str, priority: int) -> None:
+        self.granted.put_nowait(await self.slots.acquire(team, job, priority))
+
+    async def finish(self, n: int) -> list[Grant]:
+        done = []
+        for _ in range(n):
+            grant = await self.granted.get()
+            self.clock.now = max(self.clock.now, grant.started_at + 1)
+            await self.slots.release(grant)
+            done.append(grant)
+        return done
+
+    async def stop(self) -> None:
+        """Cancel the runs still waiting and end those under way."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        while not self.granted.empty():
+            await self.slots.release(self.granted.get_nowait())
+
+
+def shares(slots: int, weights: dict[str, float], grants: int, teams: str = "ab") -> list[str]:
+    """The teams of the first `grants` runs while every team always has runs waiting."""
+
+    async def scenario() -> list[str]:
+        clock = Clock()
+        runs = Runs(FairSlots(slots, weights, clock=clock), clock)
+        for team in teams:
+            runs.submit(team, n=grants)
+        done = await runs.finish(grants)
+        await runs.stop()
+        assert runs.slots.used == 0  # the cancelled waiters kept no slot
+        return [g.team for g in done]
+
+    return run(scenario)
+
+
+def decayed(ends: range, now: float, half_life_s: float = 60.0) -> float:
+    """The usage left at `now` of 1 s runs that ended at `ends`."""
+    return sum(2 ** (-(now - end) / half_life_s) for end in ends if end <= now)
+
+
+def refused(message: str) -> pytest.RaisesExc[ValueError]:
+    """Expect a ValueError saying exactly `message`."""
+    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
+
+
+def test_slot_time_follows_weights_3_to_1() -> None:
+    # 300 within 1 (decay tilts shares by about a run's length over the half-life: 1/60 here)
+    assert shares(1, {"a": 3, "b": 1}, 400).count("a") == 299
+    # Four slots freed at one instant go to one team (a grant has no elapsed time yet), so the
+    # split is exact to within a round of four.
+    assert shares(4, {"a": 3, "b": 1}, 400).count("a") == 296
+
+
+def test_an_unknown_team_weighs_1() -> None:
+    assert shares(1, {"a": 2.0}, 30) == shares(1, {"a": 2.0, "b": 1.0}, 30)
+    assert shares(1, {"a": 2.0}, 30).count("a") == 20
+    assert "".join(shares(1, {}, 6)) == "ababab"
+
+
+def test_a_team_arriving_late_runs_first_until_its_usage_catches_up() -> None:
+    async def scenario() -> list[str]:
+        clock = Clock()
+        runs = Runs(FairSlots(1, clock=clock), clock)
+        runs.submit("a", n=300)
+        await runs.finish(100)  # a alone for 100 s; its 101st run holds the slot
+        runs.submit("b", n=60)
+        done = await runs.finish(80)
+        await runs.stop()
+        return [g.team for g in done]
+
+    teams = run(scenario)
+    # a's next turn: the first k (b runs done, at t = 101 + k) where a's usage is no more than
+    # b's (a wins the tie by name).
+    k = next(
+        k
+        for k in range(60)
+        if decayed(range(1, 102), 101 + k) <= decayed(range(102, 102 + k), 101 + k)
+    )
+    assert k == 46
+    assert teams[: k + 2] == ["a"] + ["b"] * k + ["a"]
+    assert teams[1:21] == ["b"] * 20  # a late job of 20 runs waits for none of a's
+
+
+def test_a_cap_bounds_a_teams_slots_and_raising_it_grants_at_once() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        slots = FairSlots(4, clock=clock)
+        runs = Runs(slots, clock)
+        slots.set_cap("a", 1)
+        runs.submit("a", n=3)
+        assert (slots.held("a"), slots.used) == (1, 1)  # alone, with slots free: still one
+        runs.submit("b", n=2)
+        assert (slots.held("b"), slots.used) == (2, 3)
+        slots.set_cap("a", 2)
+        assert (slots.held("a"), slots.used) == (2, 4)
+        slots.set_cap("a", 0)  # stops new grants; revokes nothing
+        assert slots.held("a") == 2
+        done = await runs.finish(4)
+        assert (slots.held("a"), slots.used) == (0, 0)  # a's last waiter waits for its cap
+        slots.set_cap("a", None)
+        assert slots.held("a") == 1
+        assert sorted(g.team for g in done) == ["a", "a", "b", "b"]
+        await runs.stop()
+
+    run(scenario)
+
+
+def test_within_a_team_higher_priority_goes_first_then_the_less_used_job() -> None:
+    async def scenario() -> list[str]:
+        clock = Clock()
+        runs = Runs(FairSlots(1, clock=clock), clock)
+        runs.submit("a", "bulk", n=3)
+        runs.submit("a", "urgent", n=2, priority=1)
+        done = await runs.finish(5)
+        await runs.stop()
+        return [g.job for g in done]
+
+    assert run(scenario) == ["bulk", "urgent", "urgent", "bulk", "bulk"]  # the first held the slot
+
+
+def test_a_big_job_does_not_starve_a_small_one_of_its_team() -> None:
+    async def scenario() -> str:
+        clock = Clock()
+        runs = Runs(FairSlots(1, clock=clock), clock)
+        runs.submit("a", "x", n=50)
+        await runs.finish(3)  # x's 4th run holds the slot
+        runs.submit("a", "y", n=5)
+        done = await runs.finish(12)
+        await runs.stop()
+        return "".join(g.job for g in done)
+
+    # At t=8 y's four runs (ends 5..8) outweigh x's four (ends 1..4, 4 s older): x; at t=9 x's
+    # fresh run puts it above y again.
+    assert decayed(range(5, 9), 8) > decayed(range(1, 5), 8)
+    assert decayed(range(5, 9), 9) < decayed(range(1, 5), 9) + 1
+    assert run(scenario) == "xyyyyxyxxxxx"
+
+
+def test_a_cancelled_waiter_leaves_no_trace_even_when_granted_as_it_is_cancelled() -> None:
+    async def scenario() -> None:
+        slots = FairSlots(1, clock=Clock())
+        grant = await slots.acquire("a", "x")
+        gone = asyncio.create_task(slots.acquire("a", "x"))
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await slots.release(grant)
+        assert slots.used == 0
+        grant = await slots.acquire("a", "x")  # at once: the slot went to no ghost
+
+        granted_then_cancelled = asyncio.create_task(slots.acquire("a", "x"))
+        next_one = asyncio.create_task(slots.acquire("b", "y"))
+        await slots.release(grant)  # granted to the first waiter, which has not run yet
+        granted_then_cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await granted_then_cancelled
+        assert (slots.used, slots.held("a"), slots.held("b")) == (1, 0, 1)  # given back, on to b
+        assert (await next_one).team == "b"
+
+    run(scenario)
+
+
+def test_releasing_a_grant_twice_is_refused() -> None:
+    async def scenario() -> None:
+        slots = FairSlots(2, clock=Clock())
+        grant = await slots.acquire("web", "j1")
+        twin = await slots.acquire("web", "j1")  # same fields, another slot
+        await slots.release(grant)
+        with refused("the grant of job 'j1' of team 'web' was released twice"):
+            await slots.release(grant)
+        assert slots.used == 1
+        await slots.release(twin)
+
+    run(scenario)
+
+
+def test_waiting_for_a_free_slot_takes_none_and_waits_only_when_all_are_held() -> None:
+    async def scenario() -> None:
+        slots = FairSlots(1, clock=Clock())
+        await slots.wait_free()  # free: at once
+        grant = await slots.acquire("a", "x")
+        waiting = asyncio.create_task(slots.wait_free())
+        assert not waiting.done()
+        await slots.release(grant)
+        await waiting
+        assert slots.used == 0
+
+    run(scenario)
+
+
+def test_usage_halves_every_half_life_and_faded_jobs_are_forgotten() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        slots = FairSlots(1, half_life_s=10.0, clock=clock)
+        for job in range(100):
+            grant = await slots.acquire("a", f"job-{job}")
+            clock.now += 1
+            await slots.release(grant)
+        assert slots.usage("a") == pytest.approx(decayed(range(1, 101), 100, 10.0))
+        clock.now = 1000.0
+        grant = await slots.acquire("a", "last")
+        clock.now += 2
+        assert slots.usage("a") == pytest.approx(2.0)  # the old runs are gone, the held one counts
+        await slots.release(grant)
+        clock.now += 10
+        assert slots.usage("a") == pytest.approx(1.0)
+        assert list(slots._jobs) == [("a", "last")]  # a months-long worker stays small
+
+    run(scenario)
+
+
+def test_invalid_slot_counts_and_weights_are_refused() -> None:
+    with refused("a worker needs at least 1 slot, not 0"):
+        FairSlots(0)
+    with refused("the weight of team 'web' must be > 0, not -1"):
+        FairSlots(1, {"web": -1})
+    with refused("the weight of team 'ml' must be > 0, not 0"):
+        FairSlots(1).set_weight("ml", 0)
