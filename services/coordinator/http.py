@@ -1,18 +1,24 @@
 """The coordinator's HTTP side: a JSON API, `/metrics` and the dashboard, served by uvicorn on
 the coordinator's own event loop.
 
-| route | answers |
-| --- | --- |
-| `GET /` | the dashboard (static files under `dashboard/`, nothing fetched from elsewhere) |
-| `GET /api/jobs` | `{"jobs": [JobState, ...]}` |
-| `GET /api/jobs/{job}` | the `JobState` with `history`, `backlog` and `failures` |
-| `GET /api/jobs/{job}/trace[?task=ID]` | the trace as `gristmill trace --json` prints it |
-| `GET /api/why/{doc}?job=JOB` | what became of a document in a job |
-| `GET /api/workers` | `{"workers": [WorkerState, ...]}` |
-| `GET /metrics` | Prometheus text format (`services.coordinator.metrics`) |
-| `GET /healthz` | `ok` once the coordinator has replayed its events |
+| route | answers | token |
+| --- | --- | --- |
+| `GET /` | the dashboard (static files under `dashboard/`, nothing fetched from elsewhere) | no |
+| `GET /static/...` | the dashboard's script and style | no |
+| `GET /api/jobs` | `{"jobs": [JobState, ...]}` | yes |
+| `GET /api/jobs/{job}` | the `JobState` with `history`, `backlog` and `failures` | yes |
+| `GET /api/jobs/{job}/trace[?task=ID]` | the trace as `gristmill trace --json` prints it | yes |
+| `GET /api/why/{doc}?job=JOB` | what became of a document in a job | yes |
+| `GET /api/workers` | `{"workers": [WorkerState, ...]}` | yes |
+| `GET /metrics` | Prometheus text format (`services.coordinator.metrics`) | yes |
+| `GET /healthz` | `ok` once the coordinator has replayed its events | no |
 
-Every `/api` route takes `?team=` (default: the deployment's first team).
+A route that needs a token takes `Authorization: Bearer <http_token>` (each team's is in its
+credentials file; `http-tokens.json` says whose each is). A team's token reads only that team:
+`?team=` may name it or be left out, another team's name is refused (403), and another team's
+job ids are simply not found. The operator's token reads any team with `?team=` (default: the
+deployment's first team). `/metrics` shows the token's team, or every team for the operator's.
+A missing or unknown token is a 401; each refusal is logged at WARNING.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gristmill.credentials import TokenTable
 from gristmill.errors import GristmillError
 from services.coordinator.api import JobViews
 from services.coordinator.metrics import TeamSnapshot, render
@@ -41,25 +48,45 @@ log = logging.getLogger("gristmill.coordinator")
 
 DASHBOARD = Path(__file__).with_name("dashboard")
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+EVERY_TEAM = "*"  # the owner of the operator's token
+NO_TOKEN = (
+    "a bearer token is needed: send Authorization: Bearer <the team's http_token from its "
+    "credentials file>"
+)
+UNKNOWN_TOKEN = "this token is not known to the service"
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def create_http_app(
-    views: JobViews, teams: tuple[str, ...], ready: Callable[[], bool]
+    views: JobViews, teams: tuple[str, ...], ready: Callable[[], bool], tokens: TokenTable
 ) -> Starlette:
-    """The ASGI app over `views` for `teams`; `ready()` says whether the answers are whole."""
+    """The ASGI app over `views` for `teams`; `ready()` says whether the answers are whole;
+    `tokens` says whose each bearer token is (see the module docstring)."""
 
     def team_of(request: Request) -> str:
-        team = request.query_params.get("team") or teams[0]
+        owner: str = request.state.owner
+        asked = request.query_params.get("team")
+        if owner != EVERY_TEAM and asked and asked != owner:
+            raise _Refused(
+                403,
+                f"team {owner}'s token cannot read team {asked}",
+                f"team {owner} asked for team {asked}'s data",
+            )
+        team = owner if owner != EVERY_TEAM else asked or teams[0]
         if team not in teams:
             raise _NotFound(f"this service does not serve team {team!r}")
         return team
 
-    def guarded(
-        handler: Callable[[Request], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(handler: Handler) -> Handler:
         async def route(request: Request) -> Response:
             try:
+                request.state.owner = _owner(tokens, request.headers.get("authorization"))
                 return await handler(request)
+            except _Refused as exc:
+                log.warning("refused: %s (%s %s)", exc.who, request.method, request.url.path)
+                challenge = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+                return JSONResponse({"error": str(exc)}, exc.status, headers=challenge)
             except _NotFound as exc:
                 return JSONResponse({"error": str(exc)}, status_code=404)
             except GristmillError as exc:
@@ -98,7 +125,9 @@ def create_http_app(
         return JSONResponse({"workers": [w.model_dump(mode="json", by_alias=True) for w in found]})
 
     async def metrics(request: Request) -> Response:
-        snapshots = await asyncio.gather(*(_snapshot(views, team) for team in teams))
+        owner: str = request.state.owner
+        shown = teams if owner == EVERY_TEAM else tuple(t for t in teams if t == owner)
+        snapshots = await asyncio.gather(*(_snapshot(views, team) for team in shown))
         return Response(render(list(snapshots)), media_type=METRICS_TYPE)
 
     async def health(request: Request) -> Response:
@@ -118,7 +147,7 @@ def create_http_app(
             Route("/api/jobs/{job}/trace", guarded(trace)),
             Route("/api/why/{doc}", guarded(why)),
             Route("/api/workers", guarded(workers)),
-            Route("/metrics", metrics),
+            Route("/metrics", guarded(metrics)),
             Route("/healthz", health),
         ]
     )
@@ -126,6 +155,26 @@ def create_http_app(
 
 class _NotFound(GristmillError):
     pass
+
+
+class _Refused(GristmillError):
+    """A request the token does not allow: `status` 401 or 403; `who` names the caller and
+    what they asked, for the log."""
+
+    def __init__(self, status: int, message: str, who: str):
+        super().__init__(message)
+        self.status, self.who = status, who
+
+
+def _owner(tokens: TokenTable, authorization: str | None) -> str:
+    """Whose the request's bearer token is: a team, or `*` for the operator."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _Refused(401, NO_TOKEN, "no token")
+    owner = tokens.owner(token.strip())
+    if owner is None:
+        raise _Refused(401, UNKNOWN_TOKEN, "unknown token")
+    return owner
 
 
 async def _snapshot(views: JobViews, team: str) -> TeamSnapshot:

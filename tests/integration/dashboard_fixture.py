@@ -1,26 +1,26 @@
 """The coordinator's dashboard over canned JSON, to develop and browser-test it without a service.
 
-Serves the dashboard's files the way the coordinator does (`/`, `/static/...`) and fixed answers
-for its four API endpoints: a finished job whose second step has one poisoned task, and a running
-one. Run it with `python tests/integration/dashboard_fixture.py [PORT]`.
+The coordinator's own HTTP app (`create_http_app`, tokens and all) over `CannedViews`, fixed
+answers for one team: a finished job whose second step has one poisoned task, and a running one.
+Run it with `python tests/integration/dashboard_fixture.py [PORT]` and open the URL it prints
+(`/#token=TOKEN`).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from gristmill.bus import JobState, WorkerState
+from gristmill.credentials import Credentials, TokenTable
+from services.coordinator.api import Backlog
+from services.coordinator.http import create_http_app
 
-__all__ = ["DASHBOARD", "FAILED_JOB", "POISON_ERROR", "app"]
+__all__ = ["FAILED_JOB", "POISON_ERROR", "RUNNING_JOB", "TEAM", "TOKEN", "CannedViews", "app"]
 
-DASHBOARD = Path(__file__).parents[2] / "services" / "coordinator" / "dashboard"
+TEAM = "web"
+TOKEN = "dashboard-fixture-token"  # the team's bearer token: open /#token=<it>
 FAILED_JOB = "j-20240611-7f3a"
 RUNNING_JOB = "j-20240611-9c01"
 POISON_ERROR = "ValueError: poison document p-1"
@@ -245,89 +245,62 @@ SPANS = [
 ]
 
 
-async def index(request: Request) -> FileResponse:
-    """The dashboard page."""
-    return FileResponse(DASHBOARD / "index.html")
+class CannedViews:
+    """The coordinator's `JobViews` over the canned answers above, for team `TEAM`."""
+
+    def states(self, team: str) -> list[JobState]:
+        """Every job, oldest submission first."""
+        return [JobState.model_validate(FAILED), JobState.model_validate(RUNNING)]
+
+    async def detail(self, team: str, job: str) -> dict[str, Any] | None:
+        """One job's state with its history, backlog and failures."""
+        state = {FAILED_JOB: FAILED, RUNNING_JOB: RUNNING}.get(job)
+        return {**state, **DETAILS[job]} if state is not None else None
+
+    async def trace(self, team: str, job: str, task: str | None = None) -> dict[str, Any]:
+        """The failed job's trace (only one task's spans and their children with `task`); the
+        running job has none recorded."""
+        if job != FAILED_JOB:
+            return {"trace_id": "", "spans": []}
+        spans = SPANS
+        if task:
+            keep = {s["span_id"] for s in SPANS if s["attributes"].get("gm.task") == task}
+            spans = [s for s in SPANS if s["span_id"] in keep or s["parent_span_id"] in keep]
+        return {"trace_id": TRACE_ID, "spans": spans}
+
+    async def why(self, team: str, job: str, doc_id: str) -> dict[str, Any] | None:
+        """No document has a recorded fate here."""
+        return None
+
+    async def backlog(self, team: str, job: str) -> list[Backlog]:
+        """The running job's backlog, for `/metrics`."""
+        return [Backlog(**b) for b in DETAILS[job]["backlog"]] if job == RUNNING_JOB else []
+
+    def throughput(self, team: str, job: str) -> list[float]:
+        """No throughput samples."""
+        return []
+
+    def workers(self, team: str) -> list[WorkerState]:
+        """Two CPU workers and a GPU one, as they last reported."""
+        now = time.time()
+        running = [f"{RUNNING_JOB}/0", f"{RUNNING_JOB}/1"]
+        return [
+            WorkerState(
+                worker="worker-cpu-1", pool="cpu", slots=4, running=2, steps=running, at=now - 1
+            ),
+            WorkerState(
+                worker="worker-cpu-2", pool="cpu", slots=4, running=1, steps=running[:1], at=now - 2
+            ),
+            WorkerState(worker="worker-gpu-0", pool="gpu", slots=1, actors_idle=1, at=now - 1),
+        ]
 
 
-async def jobs(request: Request) -> JSONResponse:
-    """Every job, newest last."""
-    return JSONResponse({"jobs": [FAILED, RUNNING]})
-
-
-async def job(request: Request) -> JSONResponse:
-    """One job's state with its history, backlog and failures."""
-    name = request.path_params["job"]
-    state = {FAILED_JOB: FAILED, RUNNING_JOB: RUNNING}.get(name)
-    if state is None:
-        return JSONResponse({"error": f"no job {name!r}"}, status_code=404)
-    return JSONResponse({**state, **DETAILS[name]})
-
-
-async def trace(request: Request) -> JSONResponse:
-    """The failed job's trace (only one task's spans and their children with `?task=`)."""
-    if request.path_params["job"] != FAILED_JOB:
-        return JSONResponse({"error": "no trace recorded"}, status_code=404)
-    spans = SPANS
-    if task := request.query_params.get("task"):
-        keep = {s["span_id"] for s in SPANS if s["attributes"].get("gm.task") == task}
-        spans = [s for s in SPANS if s["span_id"] in keep or s["parent_span_id"] in keep]
-    return JSONResponse({"trace_id": TRACE_ID, "spans": spans})
-
-
-async def workers(request: Request) -> JSONResponse:
-    """Two CPU workers and a GPU one, as they last reported."""
-    now = time.time()
-    return JSONResponse(
-        {
-            "workers": [
-                {
-                    "worker": "worker-cpu-1",
-                    "pool": "cpu",
-                    "slots": 4,
-                    "running": 2,
-                    "steps": [f"{RUNNING_JOB}/0", f"{RUNNING_JOB}/1"],
-                    "actors_busy": 0,
-                    "actors_idle": 0,
-                    "at": now - 1,
-                },
-                {
-                    "worker": "worker-cpu-2",
-                    "pool": "cpu",
-                    "slots": 4,
-                    "running": 1,
-                    "steps": [f"{RUNNING_JOB}/0"],
-                    "actors_busy": 0,
-                    "actors_idle": 0,
-                    "at": now - 2,
-                },
-                {
-                    "worker": "worker-gpu-0",
-                    "pool": "gpu",
-                    "slots": 1,
-                    "running": 0,
-                    "steps": [],
-                    "actors_busy": 0,
-                    "actors_idle": 1,
-                    "at": now - 1,
-                },
-            ]
-        }
-    )
-
-
-app = Starlette(
-    routes=[
-        Route("/", index),
-        Mount("/static", StaticFiles(directory=DASHBOARD), name="static"),
-        Route("/api/jobs", jobs),
-        Route("/api/jobs/{job}", job),
-        Route("/api/jobs/{job}/trace", trace),
-        Route("/api/workers", workers),
-    ]
-)
+TOKENS = TokenTable.of([Credentials("team", TEAM, TEAM, "unused", TOKEN)])
+app = create_http_app(CannedViews(), (TEAM,), lambda: True, TOKENS)  # type: ignore[arg-type]
 
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]) if len(sys.argv) > 1 else 8765)
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8765
+    print(f"dashboard: http://127.0.0.1:{port}/#token={TOKEN}", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port)

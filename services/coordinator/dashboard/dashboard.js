@@ -1,5 +1,8 @@
 // The coordinator's dashboard: polls the JSON API once a second and re-renders in place.
 // Every piece of data goes in through textContent or text nodes, never as HTML.
+// The API wants the team's token: it comes in the URL fragment (#token=..., which browsers
+// never send to the server, so it stays out of its logs), is kept in sessionStorage and taken
+// out of the address bar at once, and goes with every request as `Authorization: Bearer`.
 "use strict";
 
 const POLL_MS = 1000;
@@ -11,7 +14,10 @@ const view = { job: null, task: "", chosen: false }; // chosen: picked by a clic
 const rendered = new Map(); // element id -> key of what it shows, so unchanged data is not redrawn
 const traces = new Map(); // trace url -> {trace, at, final}: a running job's is read again
 const TRACE_EVERY_MS = 5000; // every few seconds (a trace can be large)
+const TOKEN_KEY = "gristmill.token";
+const REFUSED = new Set([401, 403]);
 let lastOk = null;
+let tokenInMemory = null; // where sessionStorage cannot be used
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -74,10 +80,36 @@ function progress(step) {
     h("span", { class: "failed", style: { width: pct(step.failed) } }));
 }
 
-// ---- selection, kept in the URL hash (#job=ID&task=ID) ----
+// ---- the token ----
+
+function token() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) ?? tokenInMemory;
+  } catch {
+    return tokenInMemory;
+  }
+}
+
+function keepToken(value) {
+  tokenInMemory = value;
+  try {
+    sessionStorage.setItem(TOKEN_KEY, value);
+  } catch {
+    // storage is off (a sandboxed frame, some private modes): the token lasts as long as the page
+  }
+  traces.clear(); // another token may be another team's: nothing read with the old one stays
+  rendered.clear();
+}
+
+// ---- selection, kept in the URL hash (#job=ID&task=ID; #token=... is taken out at once) ----
 
 function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
+  if (p.has("token")) {
+    keepToken(p.get("token"));
+    p.delete("token");
+    history.replaceState(null, "", p.toString() ? `#${p}` : location.pathname + location.search);
+  }
   view.chosen = p.has("job");
   view.job = p.get("job") ?? view.job;
   view.task = p.get("task") ?? "";
@@ -105,15 +137,23 @@ function chooseTask(task) {
 // ---- fetching ----
 
 class HttpError extends Error {
-  constructor(url, status) {
-    super(`${url}: HTTP ${status}`);
+  constructor(url, status, reason) {
+    super(`${url}: HTTP ${status}${reason ? ` (${reason})` : ""}`);
     this.status = status;
+    this.reason = reason;
   }
 }
 
+const refused = (err) => err instanceof HttpError && REFUSED.has(err.status);
+
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
-  if (!r.ok) throw new HttpError(url, r.status);
+  const key = token();
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  const r = await fetch(url, { cache: "no-store", headers });
+  if (!r.ok) {
+    const reason = REFUSED.has(r.status) ? (await r.json().catch(() => ({}))).error : null;
+    throw new HttpError(url, r.status, reason);
+  }
   return r.json();
 }
 
@@ -127,7 +167,7 @@ async function getTrace(job, task, finished) {
     traces.set(url, { trace, at: Date.now(), final: finished });
     return trace;
   } catch (err) {
-    if (err instanceof HttpError) return null;
+    if (err instanceof HttpError && !refused(err)) return null;
     throw err;
   }
 }
@@ -136,11 +176,14 @@ let timer = null;
 let inflight = false;
 let again = false;
 
-/** Fetch everything and render; a call during a poll makes that poll run once more. */
+/** Fetch everything and render; a call during a poll makes that poll run once more. A refused
+ * token stops the polling (each refusal is a warning in the service's log) until the hash
+ * brings another. */
 async function poll() {
   if (inflight) { again = true; return; }
   inflight = true;
   clearTimeout(timer);
+  let refusal = null;
   try {
     await update();
     lastOk = Date.now() / 1000;
@@ -148,14 +191,35 @@ async function poll() {
     $("#conn").className = "conn live";
     $("#conn").textContent = `live · updated ${clock(lastOk)}`;
   } catch (err) {
-    const since = lastOk ? `showing data from ${clock(lastOk)}` : "no data yet";
-    $("#offline").hidden = false;
-    $("#offline").textContent = `Cannot reach the coordinator API (${err.message}). Retrying every second; ${since}.`;
-    $("#conn").className = "conn down";
-    $("#conn").textContent = "API unreachable";
+    if (refused(err)) refusal = err;
+    else {
+      const since = lastOk ? `showing data from ${clock(lastOk)}` : "no data yet";
+      $("#offline").hidden = false;
+      $("#offline").textContent = `Cannot reach the coordinator API (${err.message}). Retrying every second; ${since}.`;
+      $("#conn").className = "conn down";
+      $("#conn").textContent = "API unreachable";
+    }
   }
+  showRefusal(refusal);
   inflight = false;
-  if (again) { again = false; poll(); } else timer = setTimeout(poll, POLL_MS);
+  if (again) { again = false; poll(); } else if (!refusal) timer = setTimeout(poll, POLL_MS);
+}
+
+/** In place of the panels, what to do when the API refuses the token (null: it did not). */
+function showRefusal(err) {
+  $("#auth").hidden = !err;
+  $("main").hidden = Boolean(err);
+  if (!err) return;
+  $("#offline").hidden = true;
+  const printed = `open the URL \`gristmill up\` printed (${location.origin}/#token=…)`;
+  const where = "the token is the http_token in the team's credentials file";
+  let text;
+  if (err.status === 403) text = `The service refused this dashboard's token: ${err.reason ?? "HTTP 403"}. To see this team, ${printed}; ${where}.`;
+  else if (token()) text = `The service does not know this dashboard's token. To see a team, ${printed}; ${where}.`;
+  else text = `This dashboard needs the team's token: ${printed}; ${where}.`;
+  $("#auth").textContent = text;
+  $("#conn").className = "conn down";
+  $("#conn").textContent = err.status === 403 ? "token refused" : "token needed";
 }
 
 async function update() {
