@@ -45,6 +45,23 @@ def client_call(service: EmbeddedService, call: Callable[[ServiceClient], Any]) 
     return asyncio.run(go())
 
 
+def internal_call(service: EmbeddedService, call: Callable[[ServiceClient], Any]) -> Any:
+    """Run `call(client)` on a connection with the service's own credentials (the supervisor's:
+    every subject, stream and bucket), as the first team: for tests that look inside, or
+    forge what no team may send."""
+    import nats
+
+    async def go() -> Any:
+        own = service.service_credentials()
+        nc = await nats.connect(service.url, **own.connect_options())
+        try:
+            return await call(ServiceClient(nc, service.teams[0]))
+        finally:
+            await nc.drain()
+
+    return asyncio.run(go())
+
+
 def until(condition: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
     """Wait for `condition()` to hold (polling a system we do not control), or fail."""
     deadline = time.monotonic() + timeout_s

@@ -28,7 +28,7 @@ from gristmill.stages.text.filters import ScoreFilter, WordCountFilter
 from gristmill.stages.text.io import JsonlReader, JsonlWriter
 from gristmill.tasks import FileGroupTask, Task, content_task_id, derive_task_id
 
-from service_helpers import client_call, doc_ids, service_under, written
+from service_helpers import client_call, doc_ids, internal_call, service_under, written
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def published(service: EmbeddedService) -> int:
     async def last_seq(client: ServiceClient) -> int:
         return int((await client.js.stream_info(TASKS_STREAM)).state.last_seq)
 
-    return int(client_call(service, last_seq))
+    return int(internal_call(service, last_seq))
 
 
 def reader_error(path: Path, line: int, problem: str) -> str:

@@ -92,7 +92,14 @@ def service(base: Path, receiver: Receiver) -> Iterator[EmbeddedService]:
 
 
 def get(service: EmbeddedService, path: str) -> Any:
-    with urllib.request.urlopen(service.http_url + path, timeout=10) as answer:
+    """An HTTP GET with the first team's bearer token."""
+    from gristmill.credentials import read_credentials
+
+    token = read_credentials(service.credentials()).http_token
+    request = urllib.request.Request(
+        service.http_url + path, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
         body = answer.read()
     return json.loads(body) if path.startswith("/api") else body.decode()
 

@@ -32,6 +32,7 @@ from service_helpers import (
     doc_ids,
     fifos,
     finished,
+    internal_call,
     read_fifo,
     run_in_thread,
     service_under,
@@ -188,20 +189,20 @@ def test_a_task_delivered_twice_is_written_once_and_counted_once(
             return task_id, planned[task_id]
         return None
 
-    task_id, manifest = until(lambda: client_call(service, finished_task), "a finished task")
+    task_id, manifest = until(lambda: internal_call(service, finished_task), "a finished task")
 
     async def deliver_again(client: ServiceClient) -> None:
         await client.js.publish(
             task_subject(team, job, "1"), manifest.to_json(), headers={"Nats-Msg-Id": "again"}
         )
 
-    client_call(service, deliver_again)
+    internal_call(service, deliver_again)
 
     async def settled(client: ServiceClient) -> bool:
         info = await client.js.consumer_info(layout.tasks_stream, consumer_name(job, 1))
         return bool(info.num_pending == 0 and info.num_ack_pending == 1)  # only the gated one
 
-    until(lambda: client_call(service, settled), "the repeated manifest to be consumed")
+    until(lambda: internal_call(service, settled), "the repeated manifest to be consumed")
     with (fifo_dir / "release").open("w") as release:
         release.write("go")
     outputs = finished(thread)
@@ -347,7 +348,7 @@ def test_invalid_submissions_are_rejected_and_publish_nothing(
             keys = 0
         return info.state.last_seq, keys
 
-    before = client_call(service, counts)
+    before = internal_call(service, counts)
     for name, (spec, message) in cases.items():
         with pytest.raises(JobRejected, match=re.escape(message)):
             client_call(service, lambda c, s=spec: c.submit(s))
@@ -362,15 +363,15 @@ def test_invalid_submissions_are_rejected_and_publish_nothing(
                 return True
             return False
 
-        assert client_call(service, no_record), name
-    assert client_call(service, counts) == before
+        assert internal_call(service, no_record), name
+    assert internal_call(service, counts) == before
 
     bad_yaml = base / "bad.yaml"
     bad_yaml.write_text("name: q\nstages:\n  - stage: JsonlReader\n   params: {}\n")
     monkeypatch.setenv("GRISTMILL_NATS_URL", service.url)
     assert main(["submit", str(bad_yaml), "--output", str(base / "y")]) == 2
     assert f"pipeline spec '{bad_yaml}': line 4, column 4: invalid YAML" in capsys.readouterr().err
-    assert client_call(service, counts) == before
+    assert internal_call(service, counts) == before
 
 
 @pytest.mark.chaos
@@ -432,7 +433,7 @@ def test_resubmitting_the_same_request_makes_no_second_job(service: EmbeddedServ
         after = (await client.js.stream_info(layout.tasks_stream)).state.last_seq
         return first, second, before, after
 
-    first, second, before, after = client_call(service, submit_twice)
+    first, second, before, after = internal_call(service, submit_twice)
     assert first == second
     assert after == before  # every manifest of the repeat was a duplicate
     [state] = client_call(service, lambda c: c.status(first))

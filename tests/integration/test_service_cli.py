@@ -67,6 +67,7 @@ def test_a_registered_only_service_refuses_a_pipeline_bringing_its_own_classes(
         pipeline.run(ServiceExecutor(service.url))
     assert str(caught.value) == (
         "stage #3 is the class service_stages:RecordCalls, which is not registered on this "
-        "service; it runs registered stages only (install the stage where the service runs, "
-        "under the entry points 'gristmill.stages')"
+        "service; team default may use registered stages only (its own classes run where the "
+        "teams file's trusted_teams names it and the service is not --registered-only): "
+        "install the stage where the service runs, under the entry points 'gristmill.stages'"
     )

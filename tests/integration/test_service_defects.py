@@ -31,6 +31,7 @@ from service_helpers import (
     doc_ids,
     fifos,
     finished,
+    internal_call,
     read_fifo,
     run_in_thread,
     service_under,
@@ -179,9 +180,9 @@ def test_unreadable_and_forged_messages_are_dead_lettered_naming_why_and_the_job
 
     async def publish_untrusted(client: ServiceClient) -> None:
         subject = task_subject("default", job, "1")
-        newer = {"schema": 4, "job": job, "step": 1, "key": "ghost", "tasks": [{"task_id": "ghost"}]}  # fmt: skip
+        newer = {"schema": 5, "job": job, "step": 1, "key": "ghost", "tasks": [{"task_id": "ghost"}]}  # fmt: skip
         await client.js.publish(subject, json.dumps(newer).encode(), headers={"Nats-Msg-Id": "v3"})
-        event = {"schema": 4, "job": job, "step": 1, "results": [{"task_id": "ghost-event"}]}
+        event = {"schema": 5, "job": job, "step": 1, "results": [{"task_id": "ghost-event"}]}
         await client.js.publish(event_subject("default", job, "task_done"), json.dumps(event).encode())  # fmt: skip
         for name, ref in forged:
             entry = TaskEntry(task_id=f"forged-{name}", inputs=[ref])
@@ -190,7 +191,7 @@ def test_unreadable_and_forged_messages_are_dead_lettered_naming_why_and_the_job
             )
             await client.js.publish(subject, manifest.to_json())
 
-    client_call(service, publish_untrusted)
+    internal_call(service, publish_untrusted)
     # Forged tasks are known to nobody until they fail: let them, before the job may end.
     until(lambda: len(client_call(service, lambda c: c.dead_letters(job))) == 5, "5 dead letters")
     open_gate(gate)
@@ -213,10 +214,10 @@ def test_unreadable_and_forged_messages_are_dead_lettered_naming_why_and_the_job
         "ghost",
         "ghost-event",
     ]
-    version = "schema: Value error, message schema 4 is not the one this gristmill speaks (3); run the same gristmill version on every service"  # fmt: skip
+    version = "schema: Value error, message schema 5 is not the one this gristmill speaks (4); run the same gristmill version on every service"  # fmt: skip
     assert letters["ghost"].failure.error.startswith(f"unreadable manifest: invalid TaskManifest: {version}")  # fmt: skip
     assert letters["ghost"].manifest is None
-    assert json.loads(letters["ghost"].raw)["schema"] == 4
+    assert json.loads(letters["ghost"].raw)["schema"] == 5
     assert letters["ghost-event"].failure.error.startswith(
         f"unreadable event on gm.default.event.{job}.task_done: invalid TasksDone: {version}"
     )
@@ -244,7 +245,7 @@ def test_a_bad_assignment_or_heartbeat_leaves_workers_and_coordinator_listening(
         await workers.put(worker_key("bogus"), b"not a heartbeat")
         return time.time()
 
-    written_at = client_call(service, write_garbage)
+    written_at = internal_call(service, write_garbage)
     job_pipeline, gate = gated(base, "garbage")
     executor = ServiceExecutor(service.url)
     thread = run_in_thread(job_pipeline, executor)
@@ -312,7 +313,7 @@ def test_a_dead_letter_retried_after_its_job_ended_reopens_the_job_and_ends_it_a
             return False
         return True
 
-    until(lambda: client_call(service, consumers_gone), "the ended job's consumers to go")
+    until(lambda: internal_call(service, consumers_gone), "the ended job's consumers to go")
     flag.unlink()  # the stage now succeeds
 
     async def retry_and_wait(client: ServiceClient) -> Any:
@@ -329,7 +330,7 @@ def test_a_dead_letter_retried_after_its_job_ended_reopens_the_job_and_ends_it_a
         1,
     )
     assert sorted(doc_ids(out)) == sorted(f"retry{p}-{n}" for p in range(3) for n in range(4))
-    until(lambda: client_call(service, consumers_gone), "the consumers to go once it ended again")
+    until(lambda: internal_call(service, consumers_gone), "the consumers to go once it ended again")
 
 
 # -- 9. long id lists ---------------------------------------------------------------------------
@@ -383,7 +384,7 @@ def test_gc_archives_finished_jobs_leaving_a_summary_and_nothing_else(
             counts[stream] = sum((info.state.subjects or {}).values())
         return counts
 
-    assert set(client_call(service, leftovers).values()) == {0}
+    assert set(internal_call(service, leftovers).values()) == {0}
     [summary] = client_call(service, lambda c: c.status(job))
     assert (summary.state, summary.archived_at is not None) == ("completed", True)
     with pytest.raises(
@@ -414,7 +415,7 @@ def test_outputs_whose_events_are_missing_are_an_error_not_a_shorter_list(
     async def lose_the_announcements(client: ServiceClient) -> None:
         await client.js.purge_stream(LAYOUT.events_stream, subject=event_subject("default", job, "task_done"))  # fmt: skip
 
-    client_call(service, lose_the_announcements)
+    internal_call(service, lose_the_announcements)
     with pytest.raises(GristmillError) as caught:
         client_call(service, lambda c: c.outputs(job))
     assert re.fullmatch(

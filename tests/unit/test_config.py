@@ -80,7 +80,7 @@ def test_limits_and_roots_come_from_the_environment(
     monkeypatch.setenv("GRISTMILL_RETENTION_S", "60")
     settings = ServiceSettings.from_env()
     assert settings.input_roots == ("/data", "s3://bucket/in")
-    assert settings.readable_roots == ("/data", "s3://bucket/in")
+    assert settings.readable_roots_of("default") == ("/data", "s3://bucket/in")
     assert (settings.stream_max_bytes, settings.retention_s) == (1 << 20, 60.0)
     assert ServiceSettings.from_env().env()["GRISTMILL_INPUT_ROOTS"] == "/data,s3://bucket/in"
     monkeypatch.setenv("GRISTMILL_RETENTION_S", "soon")
@@ -88,4 +88,6 @@ def test_limits_and_roots_come_from_the_environment(
         ServiceSettings.from_env()
     monkeypatch.delenv("GRISTMILL_RETENTION_S")
     monkeypatch.delenv("GRISTMILL_INPUT_ROOTS")
-    assert ServiceSettings.from_env().readable_roots == (ServiceSettings.from_env().output_root,)
+    assert ServiceSettings.from_env().readable_roots_of("default") == (
+        ServiceSettings.from_env().output_root,
+    )

@@ -13,10 +13,11 @@ import pytest
 
 from gristmill.bus import JobStarted, JobState, StepInfo, TaskResult, TasksDone
 from gristmill.config import ServiceSettings
+from gristmill.credentials import ensure_credentials
 from services.coordinator.service import CoordinatorService
 from services.coordinator.tracking import JobTracker
 from services.worker.actors import ActorPool
-from services.worker.pulling import Slots
+from services.worker.fairshare import FairSlots
 from services.worker.running import BatchRunner
 
 
@@ -67,6 +68,7 @@ def coordinator(tmp_path: Path, publisher: FlakyPublisher) -> CoordinatorService
     settings = ServiceSettings(
         nats_url="nats://127.0.0.1:1", state_dir=tmp_path, store_root=str(tmp_path), teams=("web",)
     )
+    ensure_credentials(settings.credentials, settings.teams)
     service = CoordinatorService(settings)
     service._publisher = publisher  # type: ignore[assignment]
     service._kv["web", "jobs"] = MemoryKV()
@@ -117,7 +119,7 @@ def test_stopping_an_actor_does_not_block_the_event_loop(
 
     monkeypatch.setattr("services.worker.running._kill", slow_kill)
     settings = ServiceSettings(nats_url="nats://x", state_dir=tmp_path, store_root=str(tmp_path))
-    runner = BatchRunner(settings, "cpu-0", Slots(1), ActorPool(idle_s=60), lambda: set())
+    runner = BatchRunner(settings, "cpu-0", FairSlots(1), ActorPool(idle_s=60), lambda: set())
     runner.actors.started(("web", "f", 0))
 
     async def other_work() -> None:
@@ -139,6 +141,7 @@ def test_a_worker_forgets_the_records_of_jobs_it_no_longer_pulls(tmp_path: Path)
     settings = ServiceSettings(
         nats_url="nats://x", state_dir=tmp_path, store_root=str(tmp_path), teams=("web",)
     )
+    ensure_credentials(settings.credentials, settings.teams)
     worker = WorkerService(settings, worker_id="cpu-0")
     record: Any = object.__new__(JobRecord)  # never read: only kept or forgotten
     worker._records = {("web", "j1"): record, ("web", "j2"): record}

@@ -30,9 +30,13 @@ FUSED = (
     "jsonl_reader+word_count+symbol_to_word+alpha_numeric+urls_ratio+repeated_lines"
     "+repeating_top_2grams+mean_word_length+punctuation+jsonl_writer"
 )
+OWN_CLASSES = (
+    "team web may use registered stages only (its own classes run where the teams file's "
+    "trusted_teams names it and the service is not --registered-only)"
+)
 NOT_REGISTERED = (
-    "which is not registered on this service; it runs registered stages only (install the "
-    "stage where the service runs, under the entry points 'gristmill.stages')"
+    f"which is not registered on this service; {OWN_CLASSES}: install the stage where the "
+    f"service runs, under the entry points 'gristmill.stages'"
 )
 
 # A module a submitter sends by value: one stage class of their own.
@@ -376,9 +380,7 @@ def test_untrusted_code_missing_from_the_store_is_named_by_its_hash(
 
 def test_untrusted_task_classes_alone_are_rejected(store: TaskStore, out: Path) -> None:
     spec = submission(out, code=[SHOUT.sha256])
-    assert rejection(spec, store, out) == (
-        "this service runs registered stages only, and the job brings its own task classes"
-    )
+    assert rejection(spec, store, out) == (f"the job brings its own task classes; {OWN_CLASSES}")
 
 
 def test_a_code_entry_not_listed_in_the_jobs_code_is_still_refused(

@@ -16,7 +16,6 @@ from gristmill.loops import keep_running
 from services.worker.actors import ActorPool
 from services.worker.assignments import parse_assignment
 from services.worker.outcome import Child, child_manifests, group_size_for, results_of
-from services.worker.pulling import Slots
 
 SHA = "c" * 64
 KEY = ("web", "fingerprint", 1)
@@ -126,31 +125,6 @@ def test_a_task_with_more_outputs_than_a_message_holds_lists_them_in_parts() -> 
 
 
 # -- slots, loops, faults ---------------------------------------------------------------------
-
-
-def test_waiting_for_a_free_slot_takes_none() -> None:
-    async def scenario() -> list[str]:
-        slots = Slots(1)
-        seen: list[str] = []
-        await slots.acquire()
-
-        waiting = asyncio.Event()
-
-        async def fetcher() -> None:
-            waiting.set()
-            await slots.wait_free()
-            seen.append("fetch")
-
-        task = asyncio.create_task(fetcher())
-        await waiting.wait()  # the fetcher is now in wait_free, the slot busy
-        assert not task.done()
-        seen.append("busy")
-        await slots.release()
-        await task
-        await slots.acquire()  # the waiting fetcher took nothing
-        return seen
-
-    assert asyncio.run(scenario()) == ["busy", "fetch"]
 
 
 def test_a_loop_that_fails_is_logged_and_started_again(caplog: pytest.LogCaptureFixture) -> None:
