@@ -94,7 +94,7 @@ class FairSlots:
         self._jobs: dict[tuple[str, str], _Usage] = {}
         self._waiting: dict[str, list[_Waiter]] = {}
         self._holding: set[Grant] = set()
-        self._free_waiters: list[tuple[str | None, str | None, asyncio.Future[None]]] = []
+        self._free_waiters: list[asyncio.Future[None]] = []
         self._seq = counter()
         for team, weight in (weights or {}).items():
             self.set_weight(team, weight)
@@ -141,29 +141,18 @@ class FairSlots:
         """Give the slot of `grant` back, charging its run to its team and job."""
         self._release_now(grant)
 
-    async def wait_free(self, team: str | None = None, job: str | None = None) -> None:
-        """Return once a slot is free, or (given `team` and `job`) once that job has no run
-        waiting for one and its team is below its cap (taking nothing). A puller calls it before
-        fetching: a job with nothing queued may always queue one batch, so that the next free
-        slot can go to it when it is due, rather than only to jobs that had fetched ahead."""
-        if self._may_fetch(team, job):
+    async def wait_free(self) -> None:
+        """Return once a slot is free (taking nothing)."""
+        if self.used < self.count:
             return
         future = asyncio.get_running_loop().create_future()
-        self._free_waiters.append((team, job, future))
+        self._free_waiters.append(future)
         try:
             await future
         except asyncio.CancelledError:
-            self._free_waiters = [w for w in self._free_waiters if w[2] is not future]
+            if future in self._free_waiters:
+                self._free_waiters.remove(future)
             raise
-
-    def _may_fetch(self, team: str | None, job: str | None) -> bool:
-        if self.used < self.count:
-            return True
-        if team is None or job is None:
-            return False
-        if team in self._caps and self.held(team) >= self._caps[team]:
-            return False
-        return not any(w.job == job and not w.future.done() for w in self._waiting.get(team, []))
 
     def held(self, team: str) -> int:
         """The slots `team` holds now."""
@@ -223,15 +212,11 @@ class FairSlots:
             self._holding.add(grant)
             self.used += 1
             waiter.future.set_result(grant)
-        still = []
-        for team, job, future in self._free_waiters:
-            if future.done():
-                continue
-            if self._may_fetch(team, job):
-                future.set_result(None)
-            else:
-                still.append((team, job, future))
-        self._free_waiters = still
+        if self.used < self.count:
+            for future in self._free_waiters:
+                if not future.done():
+                    future.set_result(None)
+            self._free_waiters.clear()
 
     def _next_team(self, now: float) -> str | None:
         """The team due the next slot: least usage per weight among those waiting below cap."""

@@ -90,7 +90,7 @@ class Puller:
                 if len(running) >= self.share() + self.ahead():
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                await self.slots.wait_free(self.key[0], self.key[1])
+                await self.slots.wait_free()
                 try:
                     if sub is None:
                         sub = await self.js.pull_subscribe_bind(self.consumer, stream=self.stream)

@@ -238,31 +238,6 @@ def test_waiting_for_a_free_slot_takes_none_and_waits_only_when_all_are_held() -
     run(scenario)
 
 
-def test_a_job_with_nothing_queued_may_fetch_while_every_slot_is_held() -> None:
-    async def scenario() -> None:
-        clock = Clock()
-        slots = FairSlots(1, clock=clock)
-        held = await slots.acquire("a", "big")
-        queued = asyncio.create_task(slots.acquire("a", "big"))  # "big" fetched ahead
-        assert not asyncio.create_task(slots.wait_free("a", "big")).done()
-        await slots.wait_free("b", "small")  # nothing of it queued: it may fetch one batch
-        small = asyncio.create_task(slots.acquire("b", "small"))
-        second = asyncio.create_task(slots.wait_free("b", "small"))
-        assert not second.done()  # ... but only one
-        slots.set_cap("c", 0)
-        assert not asyncio.create_task(slots.wait_free("c", "capped")).done()
-        clock.now = 1.0  # "big" has held its slot a second
-        await slots.release(held)
-        await asyncio.sleep(0)  # one turn of the loop: the granted task resumes
-        assert small.done()  # the late team's queued batch takes the freed slot
-        assert not queued.done()
-        assert second.done()  # its batch runs: it may queue the next one
-        await slots.release(small.result())
-        await slots.release(await queued)
-
-    run(scenario)
-
-
 def test_usage_halves_every_half_life_and_faded_jobs_are_forgotten() -> None:
     async def scenario() -> None:
         clock = Clock()
