@@ -17,7 +17,6 @@ import contextlib
 import functools
 import logging
 import time
-import uuid
 from typing import Any
 
 from faststream.nats import NatsMessage
@@ -41,9 +40,8 @@ from gristmill.bus import (
     peek,
 )
 from gristmill.bus.broker import service_broker
-from gristmill.bus.client import Publisher, kv_keys, replay
+from gristmill.bus.client import Publisher, kv_keys
 from gristmill.bus.jobs import (
-    JobRecord,
     archived_key,
     assignment_key,
     consumer_name,
@@ -59,7 +57,6 @@ from gristmill.bus.subjects import (
     event_filter,
     event_subject,
     parse_subject,
-    task_subject,
     team_subjects,
 )
 from gristmill.config import ServiceSettings
@@ -70,6 +67,7 @@ from gristmill.store import TaskStore
 from gristmill.telemetry import in_job
 from services.coordinator.api import SAMPLE_EVERY_S, JobViews
 from services.coordinator.http import HttpServer, create_http_app
+from services.coordinator.retry import retry_task
 from services.coordinator.sharing import split_cap
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
 
@@ -529,56 +527,11 @@ class CoordinatorService:
         return retry
 
     async def retry(self, team: str, query: RetryQuery) -> None:
-        """Run a dead-lettered task of `team` again, from the coordinator's own copy of its
-        dead letter: its step's consumer is made again (the job's end removed it), the job
-        reopens (`TaskRetried`) and the manifest is published afresh with its attempts reset."""
-        from nats.js import api
-        from nats.js.errors import KeyNotFoundError
-
-        letter = None
-        async for raw in replay(self._js, dlq_subject(team, query.job, str(query.step))):
-            with contextlib.suppress(MessageError):
-                found = DeadLetter.from_json(raw.data)
-                if found.failure.task_id == query.task_id and found.manifest is not None:
-                    letter = found
-        if letter is None or letter.manifest is None:
-            raise GristmillError(
-                f"team {team} has no dead letter of task {query.task_id} of step {query.step} "
-                f"of job {query.job}"
-            )
-        try:
-            entry = await self._kv[team, "jobs"].get(job_key(query.job))
-            record = JobRecord.from_json(entry.value)
-        except (KeyNotFoundError, MessageError) as exc:
-            raise GristmillError(f"job {query.job} has no record (archived?): {exc}") from None
-        manifest = letter.manifest
-        [task] = [t for t in manifest.tasks if t.task_id == query.task_id] or manifest.tasks[:1]
-        await self._js.add_consumer(
-            TeamLayout(team).tasks_stream,
-            api.ConsumerConfig(
-                durable_name=consumer_name(query.job, query.step),
-                filter_subject=task_subject(team, query.job, str(query.step)),
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=record.spec.options.ack_wait_s,
-                max_deliver=-1,
-                max_ack_pending=-1,
-            ),
-        )
-        once = uuid.uuid4().hex[:12]
-        retried = TaskRetried(job=query.job, step=query.step, task_id=task.task_id)
+        """Run a dead-lettered task of `team` again (`services.coordinator.retry`)."""
         assert self._publisher is not None
-        await self._publisher.publish(
-            event_subject(team, query.job, "task_retried"),
-            retried,
-            msg_id("retried", query.job, query.step, task.task_id, once),
-        )
-        fresh = manifest.model_copy(update={"tasks": [task.model_copy(update={"attempts": 0})]})
-        await self._publisher.publish(
-            task_subject(team, query.job, str(query.step)),
-            fresh,
-            f"{msg_id('retry', query.job, query.step, task.task_id)}.{once}",
-        )
-        log.info("team %s: task %s of job %s retried", team, task.task_id, query.job)
+        jobs = self._kv[team, "jobs"]
+        task = await retry_task(self._js, self._publisher, jobs, team, query)
+        log.info("team %s: task %s of job %s retried", team, task, query.job)
 
     def _gc_handler(self, team: str) -> Any:
         async def gc(msg: NatsMessage) -> bytes:

@@ -46,14 +46,13 @@ from gristmill.bus.client import Publisher, kv_keys
 from gristmill.bus.jobs import (
     JobRecord,
     archived_key,
-    consumer_name,
     job_id_for,
     job_key,
     msg_id,
     published_key,
     state_key,
 )
-from gristmill.bus.streams import TeamLayout, ensure_layout
+from gristmill.bus.streams import TeamLayout, ensure_layout, step_consumer
 from gristmill.bus.subjects import api_subject, event_subject, task_subject
 from gristmill.config import ServiceSettings
 from gristmill.credentials import service_credentials
@@ -263,21 +262,10 @@ class PlannerService:
 
     async def _begin(self, team: str, record: JobRecord, manifests: list[TaskManifest]) -> None:
         """Consumers, `JobStarted`, and the background publishing of the manifests."""
-        from nats.js import api
-
         layout = TeamLayout(team)
         for step in range(record.first_step, len(record.steps)):
-            await self._js.add_consumer(
-                layout.tasks_stream,
-                api.ConsumerConfig(
-                    durable_name=consumer_name(record.job, step),
-                    filter_subject=task_subject(team, record.job, str(step)),
-                    ack_policy=api.AckPolicy.EXPLICIT,
-                    ack_wait=record.spec.options.ack_wait_s,
-                    max_deliver=-1,  # workers dead-letter after max_deliver themselves
-                    max_ack_pending=-1,
-                ),
-            )
+            consumer = step_consumer(team, record.job, step, record.spec.options.ack_wait_s)
+            await self._js.add_consumer(layout.tasks_stream, consumer)
         faults.point("planner.consumers")
         ids = [m.key for m in manifests]
         long = len(ids) > IDS_PER_PART

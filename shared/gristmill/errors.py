@@ -6,6 +6,7 @@ Messages name what the user can act on: the stage, the column, the file, the par
 from __future__ import annotations
 
 import traceback
+from typing import Any
 
 __all__ = [
     "DataFormatError",
@@ -22,6 +23,7 @@ __all__ = [
     "TaskInputError",
     "TaskSerializationError",
     "UnknownStageError",
+    "field_problems",
 ]
 
 
@@ -155,3 +157,9 @@ class UnknownStageError(SpecError, KeyError):
 
 class StageParamsError(SpecError):
     """A spec gives a stage parameters its constructor does not accept."""
+
+
+def field_problems(errors: list[Any], whole: str) -> str:
+    """Pydantic's `ValidationError.errors()` as one line: `field.path: message; ...` (`whole`
+    names an error of the document as a whole)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in errors)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gristmill import fs
 from gristmill.bus.subjects import check_token
-from gristmill.errors import GristmillError
+from gristmill.errors import GristmillError, field_problems
 
 __all__ = ["TeamPolicy", "TeamsConfig", "parse_bytes"]
 
@@ -114,10 +114,7 @@ class TeamsConfig(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'teams file'}: {e['msg']}"
-                for e in exc.errors()
-            )
+            problems = field_problems(exc.errors(), "teams file")
             raise GristmillError(f"the teams file {path} is not valid: {problems}") from None
         except GristmillError as exc:
             raise GristmillError(f"the teams file {path} is not valid: {exc}") from None

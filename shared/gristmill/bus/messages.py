@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from gristmill.bus.subjects import check_token
-from gristmill.errors import GristmillError
+from gristmill.errors import GristmillError, field_problems
 from gristmill.tasks.ids import check_task_id
 
 __all__ = [
@@ -106,10 +106,7 @@ class Message(BaseModel):
         try:
             return cls.model_validate_json(payload)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}"
-                for e in exc.errors()
-            )
+            problems = field_problems(exc.errors(), "(message)")
             raise MessageError(f"invalid {cls.__name__}: {problems}") from exc
 
 

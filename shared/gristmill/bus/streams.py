@@ -24,7 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gristmill.bus.subjects import PREFIX, Kind, SubjectError, check_token, stream_subjects
+from gristmill.bus.subjects import (
+    PREFIX,
+    Kind,
+    SubjectError,
+    check_token,
+    stream_subjects,
+    task_subject,
+)
 
 __all__ = [
     "BUCKETS",
@@ -32,6 +39,7 @@ __all__ = [
     "TeamLayout",
     "ensure_layout",
     "layout_name",
+    "step_consumer",
     "stream_of",
 ]
 
@@ -117,6 +125,23 @@ class TeamLayout:
             }
             for name, kind, retention, bounds in streams
         ]
+
+
+def step_consumer(team: str, job: str, step: int, ack_wait_s: float) -> Any:
+    """The durable pull consumer of one step of a job (nats-py `ConsumerConfig`): explicit
+    acks, redelivered for ever (workers dead-letter after `max_deliver` themselves)."""
+    from nats.js import api
+
+    from gristmill.bus.jobs import consumer_name
+
+    return api.ConsumerConfig(
+        durable_name=consumer_name(job, step),
+        filter_subject=task_subject(team, job, str(step)),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=-1,
+    )
 
 
 def stream_of(subject: str) -> str:
