@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gristmill import fs
 from gristmill.bus.permissions import SERVICE_PERMISSIONS, inbox_prefix, team_permissions
 from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
@@ -135,11 +136,7 @@ def read_credentials(path: str | Path) -> Credentials:
 
 def _write(path: Path, creds: Credentials) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        out.write(creds.to_json() + "\n")
-    os.replace(temporary, path)
+    fs.write_private(path, creds.to_json() + "\n")
 
 
 def team_file(directory: Path, team: str) -> Path:
@@ -215,11 +212,7 @@ class TokenTable:
 
     def write(self, path: Path) -> None:
         """Write the table (mode 0600)."""
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            json.dump({"owners": self.owners}, out, indent=2, sort_keys=True)
-        os.replace(temporary, path)
+        fs.write_private(path, json.dumps({"owners": self.owners}, indent=2, sort_keys=True))
 
     def owner(self, token: str) -> str | None:
         """Whose `token` is (a team, `*`), or None for a token no one has."""

@@ -29,6 +29,7 @@ __all__ = [
     "remove_tree",
     "tree_size",
     "write_once",
+    "write_private",
 ]
 
 _GLOB_CHARS = set("*?[")
@@ -140,6 +141,17 @@ def tree_size(path: str) -> int:
     if not fs.exists(stripped):
         return 0
     return int(fs.du(stripped, total=True))
+
+
+def write_private(path: str | os.PathLike[str], text: str) -> None:
+    """Write a local file only its owner may read (mode 0600), whole or not at all (through a
+    temporary name and a rename): credentials, and what holds their hashes."""
+    target = os.fspath(path)
+    temporary = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    os.replace(temporary, target)
 
 
 def join(directory: str, name: str) -> str:

@@ -10,7 +10,6 @@ always on: the server knows only the users of its `authorization` block
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from gristmill.errors import GristmillError
+from gristmill.fs import write_private
 
 __all__ = ["EmbeddedNats", "nats_server_binary"]
 
@@ -88,9 +88,7 @@ class EmbeddedNats:
             store_dir=self.state_dir / "jetstream",
             authorization=self.authorization,
         )
-        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:  # it holds the users' password hashes
-            out.write(text)
+        write_private(config, text)  # it holds the users' password hashes
         log = open(self.state_dir / "nats.log", "ab")  # noqa: SIM115 - the server writes it
         self._process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
