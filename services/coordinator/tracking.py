@@ -276,31 +276,30 @@ def assign_slots(
 
     Every step of an unfinished job from the first step that still has work onwards is active
     (so downstream steps are pulled the moment their first task appears); each worker of a
-    step's pool gets every active step, its slots shared in proportion to backlog + 1, at least
-    one each. Giving every worker every step keeps a job moving when a worker dies. A job with
-    an active step no live worker can take says so in its state (`waiting_for`) until one
-    joins."""
-    active: list[tuple[str, int, str, int]] = []  # job, step, pool, weight
+    step's pool gets every active step, each with all of its slots: who runs in them is the
+    worker's fair share (`services.worker.fairshare`: teams by weight, a team's jobs by
+    priority and usage), which a split made here would only undercut. Giving every worker every
+    step keeps a job moving when a worker dies. A job with an active step no live worker can
+    take says so in its state (`waiting_for`) until one joins."""
+    active: list[tuple[str, int, str]] = []  # job, step, pool
     for job, tracker in sorted(jobs.items()):
         started = tracker.started
         if started is None or tracker.finished:
             continue
         upstream_busy = False
         for step in range(started.first_step, len(started.steps)):
-            backlog = tracker.step_backlog(step)
-            upstream_busy = upstream_busy or backlog > 0
+            upstream_busy = upstream_busy or tracker.step_backlog(step) > 0
             if upstream_busy:
-                active.append((job, step, started.steps[step].pool, backlog + 1))
+                active.append((job, step, started.steps[step].pool))
     pools = {info.pool for info in workers.values()}
     for job, tracker in jobs.items():
-        missing = sorted({pool for j, _, pool, _ in active if j == job and pool not in pools})
+        missing = sorted({pool for j, _, pool in active if j == job and pool not in pools})
         tracker.waiting_for = ", ".join(f"no live {pool} worker" for pool in missing)
-    plan: dict[str, list[dict[str, Any]]] = {}
-    for worker, info in sorted(workers.items()):
-        mine = [a for a in active if a[2] == info.pool]
-        total = sum(a[3] for a in mine)
-        plan[worker] = [
-            {"job": job, "step": step, "slots": max(1, round(info.slots * weight / total))}
-            for job, step, _, weight in mine
+    return {
+        worker: [
+            {"job": job, "step": step, "slots": info.slots}
+            for job, step, pool in active
+            if pool == info.pool
         ]
-    return plan
+        for worker, info in sorted(workers.items())
+    }

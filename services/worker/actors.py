@@ -3,7 +3,8 @@ actor timed on its own. Plain bookkeeping, no Ray: the worker starts and stops t
 
 An actor is taken out of its pool for a call and given back after it, so a busy actor is never
 in a pool and can never be stopped as idle; an idle actor is stopped after `idle_s` without a
-call, or at once when no assigned step needs it and a new actor is about to start.
+call, or, when no assigned step needs it and a new actor is about to start, to make room for
+that one (`make_room`: least recently used first, as far as the worker's bound on actors asks).
 """
 
 from __future__ import annotations
@@ -74,11 +75,26 @@ class ActorPool:
                 del self._idle[key]
         return gone
 
-    def unwanted(self, wanted: set[ActorKey]) -> list[Any]:
-        """Remove and return the idle actors of keys not in `wanted`."""
+    def make_room(self, wanted: set[ActorKey], keep: int | None) -> list[Any]:
+        """Remove and return idle actors of keys not in `wanted`, least recently used first,
+        until one more actor makes no more than `keep` in all (busy and idle); with `keep`
+        None, every such actor."""
+        unwanted = sorted(
+            (
+                (entry.since, key, entry)
+                for key in self._idle
+                if key not in wanted
+                for entry in self._idle[key]
+            ),
+            key=lambda item: item[0],
+        )
+        excess = len(unwanted) if keep is None else self.busy() + self.idle_count() + 1 - keep
         gone: list[Any] = []
-        for key in [k for k in self._idle if k not in wanted]:
-            gone += [e.actor for e in self._idle.pop(key)]
+        for _, key, entry in unwanted[: max(0, excess)]:
+            self._idle[key].remove(entry)
+            if not self._idle[key]:
+                del self._idle[key]
+            gone.append(entry.actor)
         return gone
 
     def idle_actors(self) -> list[Any]:

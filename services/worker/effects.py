@@ -36,7 +36,7 @@ from gristmill.bus.client import Publisher
 from gristmill.bus.jobs import JobRecord, done_key, msg_id
 from gristmill.bus.subjects import dlq_subject, event_subject, parse_subject, task_subject
 from gristmill.telemetry import inject
-from services.worker.outcome import child_manifests, results_of
+from services.worker.outcome import child_manifests, group_size_for, results_of
 
 __all__ = ["Effects", "Failure", "Work"]
 
@@ -62,8 +62,9 @@ class Work:
 
 
 class Effects:
-    """One worker's effects on one team's streams and done records. `group_size(fingerprint,
-    step)` says how many small tasks of a step share a manifest."""
+    """One worker's effects on one team's streams and done records. `seconds_per_task(
+    fingerprint, step)` is a step's measured time per task (None: not measured): how many of its
+    tasks share a manifest follows from it."""
 
     def __init__(
         self,
@@ -71,14 +72,14 @@ class Effects:
         worker: str,
         publisher: Publisher,
         done_kv: Any,
-        group_size: Callable[[str, int], int],
+        seconds_per_task: Callable[[str, int], float | None],
         tracer: trace.Tracer | None = None,
     ):
         self.team = team
         self.worker = worker
         self.publisher = publisher
         self.done_kv = done_kv
-        self.group_size = group_size
+        self.seconds_per_task = seconds_per_task
         self.tracer = tracer or trace.NoOpTracer()
 
     async def triage(self, msg: Any, record: JobRecord) -> Work | None:
@@ -117,7 +118,7 @@ class Effects:
         last = step + 1 == len(record.steps)
         results, children, parts = results_of(manifest, raw, last, work.attempt)
         if children:
-            size = self.group_size(record.fingerprint, step + 1)
+            size = group_size_for(self.seconds_per_task(record.fingerprint, step + 1))
             made = child_manifests(
                 job, step + 1, record.steps[step + 1].name, manifest.key, children, size
             )

@@ -29,13 +29,24 @@ from gristmill.bus import (
 from gristmill.bus.jobs import group_key
 from gristmill.telemetry import attempt_span_id, format_span_id
 
-__all__ = ["GROUP_MAX_BYTES", "Child", "child_manifests", "group_size_for", "results_of"]
+__all__ = [
+    "GROUP_MAX_BYTES",
+    "Child",
+    "child_manifests",
+    "group_size_for",
+    "overlong",
+    "results_of",
+]
 
 GROUP_MAX_BYTES = 256 << 10
 # A group holds about this much measured work of the step it is for.
 GROUP_TARGET_S = 0.05
 # Before a step was ever measured: small groups, so an expensive tiny task does not serialise.
 UNMEASURED_GROUP = 8
+# A group measured to hold its slot longer than this (seconds) runs task by task, each in a
+# slot of its own: its tasks were grouped before their step was measured, and as one run they
+# would keep a slot from other teams' work for that long.
+UNBUNDLE_ABOVE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,13 @@ def group_size_for(seconds_per_task: float | None) -> int:
     if seconds_per_task is None:
         return UNMEASURED_GROUP
     return max(1, min(MAX_GROUP, math.floor(GROUP_TARGET_S / max(seconds_per_task, 1e-6))))
+
+
+def overlong(seconds_per_task: float | None, tasks: int) -> bool:
+    """Whether a group of `tasks` of a step measured at `seconds_per_task` runs task by task."""
+    return (
+        tasks > 1 and seconds_per_task is not None and seconds_per_task * tasks > UNBUNDLE_ABOVE_S
+    )
 
 
 def child_manifests(

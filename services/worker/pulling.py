@@ -1,11 +1,13 @@
 """Pulling: one puller per assigned step fetches its manifests, as the worker's slots allow.
 
-A puller fetches only when one of the worker's slots is free and its step has fewer batches in
-hand than its share, and every fetched message is kept alive (`in_progress`, a few times per
-ack wait) from the moment it arrives until it is settled: a manifest waiting for a slot is
-never redelivered behind the worker's back. Slots bound the actor runs only; publishing what a
-run made does not hold one, so a full stream downstream (backpressure) never starves the step
-that would drain it.
+A puller fetches when the worker's fair slots say its team's turn has come (`wait_turn`: a
+slot is free, or the team is owed the next one) and its step has fewer batches in hand than
+its share; what it fetched queues for a slot at once, so the next turn is judged with it
+counted. Every fetched message is kept alive (`in_progress`, a few times per ack wait) from
+the moment it arrives until it is settled: a manifest waiting for a slot is never redelivered
+behind the worker's back. Slots bound the actor runs only; publishing what a run made does not
+hold one, so a full stream downstream (backpressure) never starves the step that would drain
+it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gristmill import faults
-from services.worker.fairshare import FairSlots
+from services.worker.fairshare import FairSlots, Ticket
 
 __all__ = ["KeepAlive", "Puller"]
 
@@ -48,9 +50,10 @@ class KeepAlive:
 
 class Puller:
     """Fetches the manifests of one step while `share()` is above 0, handing each fetched
-    batch to `handle(key, msgs, keep_alive)`. It holds at most `share() + ahead()` batches:
-    for short tasks one more than may run at once, so that the next run need not wait for the
-    last one's publishes (for long ones none: a batch held back is one another worker lacks)."""
+    batch, with its place in the slots' queue (`ask(len(msgs))`, which ends the turn), to
+    `handle(key, msgs, keep_alive, ticket)`. It holds at most `share() + 1` batches: one more
+    than may run at once, fetched when the slots say a run is about to end and this team is
+    next in line (never behind long runs: a batch held back is one another worker lacks)."""
 
     def __init__(
         self,
@@ -61,9 +64,9 @@ class Puller:
         slots: FairSlots,
         share: Callable[[], int],
         batch_size: Callable[[], int],
-        ahead: Callable[[], int],
         ack_wait_s: float,
-        handle: Callable[[StepKey, list[Any], KeepAlive], Coroutine[Any, Any, None]],
+        ask: Callable[[int], Ticket],
+        handle: Callable[[StepKey, list[Any], KeepAlive, Ticket], Coroutine[Any, Any, None]],
     ):
         self.js = js
         self.key = key
@@ -72,8 +75,8 @@ class Puller:
         self.slots = slots
         self.share = share
         self.batch_size = batch_size
-        self.ahead = ahead
         self.ack_wait_s = ack_wait_s
+        self.ask = ask
         self.handle = handle
 
     async def run(self) -> None:
@@ -87,14 +90,22 @@ class Puller:
         delay = 0.1
         try:
             while self.share() > 0:
-                if len(running) >= self.share() + self.ahead():
+                if len(running) >= self.share() + 1:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                await self.slots.wait_free()
+                team = self.key[0]
+                await self.slots.wait_turn(team)
+                msgs: list[Any] = []
                 try:
-                    if sub is None:
-                        sub = await self.js.pull_subscribe_bind(self.consumer, stream=self.stream)
-                    msgs = await sub.fetch(self.batch_size(), timeout=1.0)
+                    try:
+                        if sub is None:
+                            sub = await self.js.pull_subscribe_bind(
+                                self.consumer, stream=self.stream
+                            )
+                        msgs = await sub.fetch(self.batch_size(), timeout=1.0)
+                    finally:
+                        if not msgs:  # the turn ends here; with a batch, when it asks
+                            self.slots.end_turn(team)
                 except TimeoutError:
                     continue
                 except NotFoundError:
@@ -113,9 +124,12 @@ class Puller:
                     await asyncio.sleep(delay)
                     delay = min(5.0, delay * 2)
                     continue
+                if not msgs:
+                    continue
                 delay = 0.1
                 keeper = KeepAlive(msgs, self.ack_wait_s)
-                task = asyncio.create_task(self.handle(self.key, msgs, keeper))
+                ticket = self.ask(len(msgs))  # ends the turn
+                task = asyncio.create_task(self.handle(self.key, msgs, keeper, ticket))
                 running.add(task)
                 task.add_done_callback(running.discard)
             if running:

@@ -1,7 +1,10 @@
 """Running one fetched batch of a step: triage each message, run the runnable manifests' tasks
 in one of the step's actors, then settle every manifest (`effects`).
 
-The run holds one of the worker's slots; settling does not. A task that runs past its timeout
+The run holds one of the worker's slots; settling does not. A group measured to hold a slot
+too long as one run (`outcome.overlong`: grouped before its step was measured) runs task by
+task instead, each task in a slot of its own, and is settled as the one manifest it is, so
+other teams' work gets the slots between its tasks. A task that runs past its timeout
 (the stage's `task_timeout_s`, else the job's) gets its actor stopped, and counts as a failed
 attempt; the tasks that ran beside it in a group are retried one by one without losing an
 attempt. An actor that dies fails its whole batch the same way.
@@ -21,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from gristmill import faults
+from gristmill.bus import TaskEntry, TaskManifest
 from gristmill.bus.jobs import JobRecord
 from gristmill.config import ServiceSettings
 from gristmill.executors.gpus import gpu_memory_gb
@@ -28,7 +32,8 @@ from gristmill.executors.placement import gpu_request
 from gristmill.stages import Resources
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.effects import Effects, Failure, Work
-from services.worker.fairshare import FairSlots
+from services.worker.fairshare import FairSlots, Ticket
+from services.worker.outcome import overlong
 from services.worker.pulling import KeepAlive
 from services.worker.spans import AttemptSpans
 
@@ -38,6 +43,8 @@ log = logging.getLogger("gristmill.worker")
 
 # How often a long actor call is asked which task it is on (for the task timeout).
 PROGRESS_EVERY_S = 2.0
+# A CPU worker keeps at most this many actors per slot, busy and idle (see `_start_actor`).
+KEEP_ACTORS_PER_SLOT = 3
 
 
 @dataclass(frozen=True)
@@ -73,17 +80,23 @@ class BatchRunner:
         self.running = 0
 
     async def handle(
-        self, msgs: list[Any], keeper: KeepAlive, record: JobRecord, step: int, effects: Effects
+        self,
+        msgs: list[Any],
+        keeper: KeepAlive,
+        ticket: Ticket,
+        record: JobRecord,
+        step: int,
+        effects: Effects,
     ) -> None:
-        """Triage, run and settle one fetched batch; nothing escapes (a message left unsettled
-        by a bug is naked, so it is retried)."""
+        """Triage, run (in the slot `ticket` waits for) and settle one fetched batch; nothing
+        escapes (a message left unsettled by a bug is naked, so it is retried)."""
         spans: list[list[Span]] = []
         try:
             triaged = await asyncio.gather(*(effects.triage(m, record) for m in msgs))
             works = [w for w in triaged if w is not None]
             if works:
                 spans = [self.spans.start(record, w) for w in works]
-                outcome, actor = await self._run(record, step, works)
+                outcome, actor = await self._run_batch(record, step, works, ticket, spans)
                 await asyncio.gather(
                     *(
                         _in_span(
@@ -103,6 +116,7 @@ class BatchRunner:
             for span in (s for group in spans for s in group):
                 span.set_status(Status(StatusCode.ERROR, "the batch failed unexpectedly"))
         finally:
+            ticket.cancel()  # its slot, if it was never run in (or none came): given up
             keeper.stop()
             for span in (s for group in spans for s in group):
                 span.end()
@@ -147,14 +161,58 @@ class BatchRunner:
         else:
             await effects.failed(work, record, raw[0]["error"], raw[0]["traceback"])
 
-    async def _run(self, record: JobRecord, step: int, works: list[Work]) -> tuple[Any, str]:
+    async def _run_batch(
+        self,
+        record: JobRecord,
+        step: int,
+        works: list[Work],
+        ticket: Ticket,
+        spans: list[list[Span]],
+    ) -> tuple[Any, str]:
+        """`_run`'s outcome for the batch: in one run, or, where a manifest is overlong, task by
+        task (each in a slot of its own, a run failing as a whole failing them all)."""
+        measured = self.seconds_per_task.get((record.fingerprint, step))
+        if not any(overlong(measured, len(w.manifest.tasks)) for w in works):
+            return await self._run(record, step, works, ticket, spans[0][0])
+        singles = [
+            (index, Work(work.msg, _alone(work.manifest, task), work.attempt), span)
+            for index, work in enumerate(works)
+            for task, span in zip(work.manifest.tasks, spans[index], strict=True)
+        ]
+        spec = record.spec
+        tickets = [ticket] + [
+            self.slots.ask(spec.team, record.job, spec.options.priority, measured)
+            for _ in singles[1:]
+        ]
+        try:
+            async with asyncio.TaskGroup() as group:
+                runs = [
+                    group.create_task(self._run(record, step, [single], t, span))
+                    for (_, single, span), t in zip(singles, tickets, strict=True)
+                ]
+        finally:
+            for t in tickets:
+                t.cancel()
+        outcomes = [run.result() for run in runs]
+        actor = outcomes[0][1]
+        lost = next((outcome for outcome, _ in outcomes if isinstance(outcome, Lost)), None)
+        if lost is not None:
+            return lost, actor
+        raw: list[list[dict[str, Any]]] = [[] for _ in works]
+        for (index, _, _), (outcome, _) in zip(singles, outcomes, strict=True):
+            raw[index] += outcome[0]
+        return raw, actor
+
+    async def _run(
+        self, record: JobRecord, step: int, works: list[Work], ticket: Ticket, first: Span
+    ) -> tuple[Any, str]:
         """Per manifest, the actor's per-task results, or `Lost` for the whole batch; and the
-        actor that ran them."""
+        actor that ran them. The time the run held its slot is a `slot` span under `first`."""
         import ray
 
         key: ActorKey = (record.spec.team, record.fingerprint, step)
-        spec = record.spec
-        grant = await self.slots.acquire(spec.team, record.job, spec.options.priority)
+        grant = await ticket.granted()
+        granted_ns = time.time_ns()
         self.running += 1
         started = time.perf_counter()
         try:
@@ -190,6 +248,8 @@ class BatchRunner:
         finally:
             self.running -= 1
             await self.slots.release(grant)
+            tasks = sum(len(w.manifest.tasks) for w in works)
+            self.spans.slot(first, granted_ns, time.time_ns(), tasks)
 
     async def _hung(self, actor: Any, timeout: float, elapsed: float) -> str | None:
         """The task the actor has run for longer than `timeout`, if any ("?" when the actor is
@@ -218,11 +278,15 @@ class BatchRunner:
 
         from services.worker.runner import StepRunner
 
-        for idle in self.actors.unwanted(self.wanted()):  # each holds a set-up stage
+        info = record.steps[step]
+        # Each idle actor holds a set-up stage: a GPU one, memory the new one may need; CPU
+        # ones are kept up to a bound, so one team's new job does not make another's next start
+        # cold.
+        keep = None if info.pool == "gpu" else KEEP_ACTORS_PER_SLOT * self.slots.count
+        for idle in self.actors.make_room(self.wanted(), keep):
             await asyncio.to_thread(_kill, idle)
         # CPU concurrency is the worker's slots, not Ray's: an actor asks Ray for no CPU, so
         # idle actors of other steps never hold back new ones. GPU steps ask for their share.
-        info = record.steps[step]
         gpus = 0.0
         if info.pool == "gpu":
             available = await asyncio.to_thread(ray.cluster_resources)
@@ -265,6 +329,17 @@ def _actor_id(actor: Any) -> str:
 
 async def _await(ref: Any) -> Any:
     return await ref
+
+
+def _alone(manifest: TaskManifest, task: TaskEntry) -> TaskManifest:
+    """One task of a group as a manifest of its own, keyed as a split makes it."""
+    return TaskManifest(
+        job=manifest.job,
+        step=manifest.step,
+        step_name=manifest.step_name,
+        key=task.task_id,
+        tasks=[task],
+    )
 
 
 def _kill(actor: Any) -> None:

@@ -29,9 +29,8 @@ from gristmill.loops import LoopSet, cancel_all
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.assignments import Wanted, follow_assignments
 from services.worker.effects import Effects
-from services.worker.fairshare import FairSlots
+from services.worker.fairshare import FairSlots, Ticket
 from services.worker.heartbeat import Heartbeat
-from services.worker.outcome import group_size_for
 from services.worker.pulling import KeepAlive, Puller
 from services.worker.running import BatchRunner, _kill
 from services.worker.spans import AttemptSpans
@@ -42,8 +41,6 @@ log = logging.getLogger("gristmill.worker")
 
 # A fetch takes as many manifests as fit in this much measured work (at least 1, at most 16).
 BATCH_TARGET_S = 0.05
-# Steps whose manifests take less than this are fetched one batch ahead of what runs.
-AHEAD_BELOW_S = 0.25
 
 
 def default_worker_id(pool: str) -> str:
@@ -109,7 +106,7 @@ class WorkerService:
                 self.worker_id,
                 publisher,
                 self._kv[team, "done"],
-                self._group_size,
+                lambda fingerprint, step: self.runner.seconds_per_task.get((fingerprint, step)),
                 self.telemetry.tracer,
             )
         buckets = {team: self._kv[team, "workers"] for team in self.settings.teams}
@@ -166,6 +163,7 @@ class WorkerService:
         assigned_jobs = {(t, j) for t, j, _ in self._assigned} | {(t, j) for t, j, _ in wanted}
         for job_key_ in [k for k in self._records if k not in assigned_jobs]:
             del self._records[job_key_]  # forget the records of jobs no longer assigned
+            self.slots.end_job(*job_key_)  # and their usage, so the team's next job is not slowed
         self._assigned.update(wanted)
         for key in wanted:
             puller = self._pullers.get(key)
@@ -187,16 +185,28 @@ class WorkerService:
             self.slots,
             share=lambda: self._assigned.get(key, 0),
             batch_size=lambda: self._batch_size(record.fingerprint, step),
-            ahead=lambda: self._ahead(record.fingerprint, step),
             ack_wait_s=record.spec.options.ack_wait_s,
+            ask=lambda n: self.slots.ask(
+                team,
+                job,
+                record.spec.options.priority,
+                self._expected(record.fingerprint, step, n),
+                ending_turn=True,
+            ),
             handle=self._handle,
         )
         await puller.run()
 
-    async def _handle(self, key: tuple[str, str, int], msgs: list[Any], keeper: KeepAlive) -> None:
+    async def _handle(
+        self, key: tuple[str, str, int], msgs: list[Any], keeper: KeepAlive, ticket: Ticket
+    ) -> None:
         team, job, step = key
-        record = await self._record(team, job)
-        await self.runner.handle(msgs, keeper, record, step, self._effects[team])
+        try:
+            record = await self._record(team, job)
+        except BaseException:
+            ticket.cancel()
+            raise
+        await self.runner.handle(msgs, keeper, ticket, record, step, self._effects[team])
 
     async def _record(self, team: str, job: str) -> JobRecord:
         record = self._records.get((team, job))
@@ -212,12 +222,9 @@ class WorkerService:
             return 1
         return max(1, min(16, int(BATCH_TARGET_S / max(seconds, 1e-6))))
 
-    def _ahead(self, fingerprint: str, step: int) -> int:
+    def _expected(self, fingerprint: str, step: int, messages: int) -> float | None:
         seconds = self.runner.seconds_per_message.get((fingerprint, step))
-        return 1 if seconds is not None and seconds < AHEAD_BELOW_S else 0
-
-    def _group_size(self, fingerprint: str, step: int) -> int:
-        return group_size_for(self.runner.seconds_per_task.get((fingerprint, step)))
+        return None if seconds is None else seconds * messages
 
     # -- actors ------------------------------------------------------------------------------
 

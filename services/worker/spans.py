@@ -5,8 +5,9 @@ from (job, step, task, attempt), so it links to the attempt before it (`previous
 without asking anyone, and to the attempt of the task that made it (`parent_task`, from the
 manifest; a first task links to the planner's span the message's `traceparent` names,
 `published_by`). Store reads and writes, which the actor times, become child spans with the
-actor's clock readings; what the worker publishes while settling is traced under the attempt
-of the manifest's first task. A failed attempt carries its error as an `exception` event.
+actor's clock readings; the time a run held its slot is a `slot` span, and what the worker
+publishes while settling is traced under the attempt of the manifest's first task. A failed
+attempt carries its error as an `exception` event.
 """
 
 from __future__ import annotations
@@ -121,6 +122,13 @@ class AttemptSpans:
                     {"gm.bytes": write[2], "gm.fates": write[3]},
                 )
             span.set_status(Status(StatusCode.OK))
+
+    def slot(self, span: Span, start: int, end: int, tasks: int) -> None:
+        """The time a run held one of the worker's slots (its `tasks` tasks, of one or more
+        manifests), as a child of the attempt span of its first task: slot-time per team, and
+        what a task waited for a slot (the attempt's start to this one's)."""
+        if span.is_recording():
+            self._io(span, "slot", start, end, {"gm.tasks": tasks})
 
     def failed(self, span: Span, error: str, detail: str) -> None:
         """Mark an attempt failed, its error as an `exception` event."""

@@ -187,8 +187,17 @@ def test_a_job_is_one_trace_whose_spans_cover_every_attempt(
         assert span["attributes"]["gm.items_in"] == 1  # one file
         assert span["attributes"]["gm.outputs"] == 4
         under = sorted(c["name"] for c in spans if c["parent_span_id"] == span["span_id"])
-        assert under == ["publish", "store.read", "store.write"]
+        assert [name for name in under if name != "slot"] == [
+            "publish",
+            "store.read",
+            "store.write",
+        ]
         assert span["attributes"]["gm.bytes_written"] > 0
+    # each run's slot-time is one span under its first task: every task's run, counted once
+    first_ids = {s["span_id"] for s in first}
+    slots = [s for s in spans if s["name"] == "slot" and s["parent_span_id"] in first_ids]
+    assert sum(s["attributes"]["gm.tasks"] for s in slots) == 3
+    assert all(s["end_ns"] > s["start_ns"] for s in slots)
 
     # worker -> worker: every child's attempts link to the attempt of the task that made it
     made_by: dict[str, set[str]] = {}

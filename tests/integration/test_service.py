@@ -39,7 +39,7 @@ from service_helpers import (
     until,
     written,
 )
-from service_stages import GateOn, PoisonOn, RecordCalls, StallOnce
+from service_stages import FanOutRows, GateOn, PoisonOn, RecordCalls, SleepEach, StallOnce
 
 pytestmark = pytest.mark.integration
 
@@ -444,3 +444,32 @@ def test_a_store_root_the_service_reports_is_where_tasks_are(service: EmbeddedSe
     store = client_call(service, lambda c: c.store())
     assert isinstance(store, TaskStore)
     assert store.root == str(service.state_dir / "store")
+
+
+def test_groups_made_before_their_step_was_measured_run_task_by_task_once_it_is(
+    service: EmbeddedService,
+) -> None:
+    # 80 one-row tasks leave the fan-out in 10 groups of 8 (their step unmeasured); a group of
+    # 8 x 0.15 s is past a second as one run, so once a worker has measured the step, each
+    # group it takes runs task by task, each task in a slot of its own.
+    executor = ServiceExecutor(service.url)
+    outputs = Pipeline("unbundled", [FanOutRows(80), SleepEach(0.15)]).run(executor)
+
+    assert executor.state is not None
+    assert (executor.state.state, executor.state.tasks_done) == ("completed", 81)
+    rows = sorted(n for out in outputs for n in out.to_pyarrow().column("n").to_pylist())
+    assert rows == list(range(80))  # every task once
+    spans = client_call(service, lambda c: c.trace(executor.job))["spans"]
+    step_1 = {
+        s["span_id"]
+        for s in spans
+        if s["attributes"].get("gm.kind") == "attempt" and s["attributes"]["gm.step"] == 1
+    }
+    runs = [
+        s["attributes"]["gm.tasks"]
+        for s in spans
+        if s["name"] == "slot" and s["parent_span_id"] in step_1
+    ]
+    assert sum(runs) == 80  # each task's run held a slot once
+    assert set(runs) == {1, 8}
+    assert runs.count(8) <= 4  # whole only where a worker had not measured the step: 4 slots

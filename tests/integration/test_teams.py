@@ -496,15 +496,20 @@ def test_max_in_flight_tasks_throttles_dispatch_and_loses_nothing(
     assert run.state is not None
     assert run.state.tasks_failed == 0
 
-    def attempts() -> list[tuple[int, int]]:
+    def held() -> list[tuple[int, int]]:  # the time each run of step 1 held a slot
         spans = call(service, "alpha", lambda c: c.trace(run.job))["spans"]
+        step_1 = {
+            s["span_id"]
+            for s in spans
+            if s["attributes"].get("gm.kind") == "attempt" and s["attributes"].get("gm.step") == 1
+        }
         return sorted(
             (s["start_ns"], s["end_ns"])
             for s in spans
-            if s["attributes"].get("gm.kind") == "attempt" and s["attributes"].get("gm.step") == 1
+            if s["name"] == "slot" and s["parent_span_id"] in step_1
         )
 
-    runs = until(lambda: len(attempts()) == 3 and attempts(), "the 3 attempts' spans")
+    runs = until(lambda: len(held()) == 3 and held(), "the 3 runs' slot spans")
     most = max(sum(1 for a, b in runs if a < end and b > start) for start, end in runs)
     assert most == 1, runs  # 3 slots and 3 tasks, yet alpha never held more than its one
 

@@ -238,6 +238,107 @@ def test_waiting_for_a_free_slot_takes_none_and_waits_only_when_all_are_held() -
     run(scenario)
 
 
+def test_a_team_next_in_line_fetches_while_all_slots_are_held_by_short_runs() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        slots = FairSlots(2, clock=clock)
+        short = [await slots.acquire("a", "big", expected_s=0.25) for _ in range(2)]
+        clock.now = 5.0  # a has held both slots 5 s each; b has used nothing
+        turn_b = asyncio.create_task(slots.wait_turn("b"))
+        assert turn_b.done()  # b is next in line: it fetches now
+        # what b fetched queues at once, ending its turn
+        ticket = slots.ask("b", "small", expected_s=0.25, ending_turn=True)
+        assert not asyncio.create_task(slots.wait_turn("a")).done()  # b is due first
+        later_b = asyncio.create_task(slots.wait_turn("b"))
+        assert not later_b.done()  # one batch ready is enough
+        await slots.release(short[0])
+        grant = await ticket.granted()  # the freed slot went to b's batch, not to a's puller
+        assert grant.team == "b"
+        await asyncio.wait_for(later_b, 1.0)  # nothing of b waits, still due first: it fetches
+        slots.end_turn("b")  # and finds nothing
+        await slots.release(short[1])
+        await slots.release(grant)
+
+    run(scenario)
+
+
+def turn_while_held(
+    team: str, held_by: str, expected_s: float | None, cap: int | None = None, rival: str = ""
+) -> bool:
+    """Whether `team` may fetch at once while `held_by` has held the only slot for 5 s, in a
+    run measured at `expected_s`, with `team` capped at `cap`, and team `rival` (which has
+    used nothing) waiting for a slot too."""
+
+    async def scenario() -> bool:
+        clock = Clock()
+        slots = FairSlots(1, clock=clock)
+        slots.set_cap(team, cap)
+        grant = await slots.acquire(held_by, "big", expected_s=expected_s)
+        clock.now = 5.0
+        rivals = [asyncio.create_task(slots.acquire(rival, "y"))] if rival else []
+        turn = asyncio.create_task(slots.wait_turn(team))
+        now = turn.done()
+        await slots.release(grant)
+        for granted in await asyncio.gather(*rivals):  # the rival's turn came first
+            await slots.release(granted)
+        await asyncio.wait_for(turn, 1.0)  # a free slot is every team's turn
+        return now
+
+    return run(scenario)
+
+
+def test_a_batch_is_fetched_ahead_only_of_a_short_run_by_the_team_due_next() -> None:
+    assert turn_while_held("b", "a", 0.25)  # the case for fetching ahead
+    assert turn_while_held("a", "a", 0.25)  # alone, a team overlaps its own short runs
+    assert not turn_while_held("b", "a", 3600.0)  # it frees in an hour
+    assert not turn_while_held("b", "a", None)  # never measured: no promise it frees soon
+    assert not turn_while_held("a", "a", 0.25, rival="b")  # b, asking too, is due first
+    assert not turn_while_held("b", "a", 0.25, cap=0)  # b at its cap
+
+
+def test_a_ticket_given_up_leaves_the_queue_or_passes_its_slot_on() -> None:
+    async def scenario() -> None:
+        slots = FairSlots(1, clock=Clock())
+        held = await slots.acquire("a", "x")
+        ticket = slots.ask("b", "y")
+        ticket.cancel()  # left the queue: nothing waits
+        ticket.cancel()  # twice is harmless
+        await slots.release(held)
+        assert slots.used == 0
+        granted = slots.ask("b", "y")  # a free slot: granted at once
+        after = slots.ask("a", "x")
+        granted.cancel()  # never run in: on to the next
+        assert (slots.held("b"), slots.held("a")) == (0, 1)
+        grant = await after.granted()
+        await slots.release(grant)
+        after.cancel()  # released already: nothing more
+        assert slots.used == 0
+
+    run(scenario)
+
+
+def test_a_job_no_longer_assigned_stops_counting_against_its_team() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        slots = FairSlots(1, clock=clock)
+        for job in ("old", "current"):
+            grant = await slots.acquire("a", job)
+            clock.now += 10
+            await slots.release(grant)
+        held = await slots.acquire("a", "old")  # a run of the ending job still under way
+        clock.now += 2
+        slots.end_job("a", "old")
+        old, current = 10 * 2 ** (-12 / 60), 10 * 2 ** (-2 / 60)  # ended at 10 and 20
+        assert slots.usage("a") == pytest.approx(old + current + 2)  # still counted
+        await slots.release(held)  # ended: now forgotten, this run included
+        assert slots.usage("a") == pytest.approx(current)
+        slots.end_job("a", "current")
+        slots.end_job("a", "never-ran")  # harmless
+        assert slots.usage("a") == pytest.approx(0.0)
+
+    run(scenario)
+
+
 def test_usage_halves_every_half_life_and_faded_jobs_are_forgotten() -> None:
     async def scenario() -> None:
         clock = Clock()

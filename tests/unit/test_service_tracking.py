@@ -458,12 +458,12 @@ def running(job: str, initial: tuple[str, ...], steps: list[StepInfo] = GPU_STEP
     return tracker
 
 
-def test_every_step_from_the_first_busy_one_is_active_with_slots_by_backlog() -> None:
+def test_every_step_from_the_first_busy_one_is_active_with_all_the_workers_slots() -> None:
     jobs = {"j1": running("j1", ("a", "b", "c"))}
     plan = assign_slots({"cpu-1": WorkerInfo(pool="cpu", slots=8)}, jobs)
-    # weights: read 3 + 1, write 0 + 1 (pulled as soon as its first task appears)
+    # the writer has no backlog yet: pulled as soon as its first task appears
     assert plan == {
-        "cpu-1": [{"job": "j1", "step": 1, "slots": 6}, {"job": "j1", "step": 3, "slots": 2}]
+        "cpu-1": [{"job": "j1", "step": 1, "slots": 8}, {"job": "j1", "step": 3, "slots": 8}]
     }
 
 
@@ -477,21 +477,21 @@ def test_steps_upstream_of_the_first_busy_step_are_not_active() -> None:
     }
 
 
-def test_slots_are_shared_in_proportion_to_backlog_with_at_least_one_each() -> None:
+def test_a_small_job_beside_a_big_one_may_use_every_slot_as_the_big_one_may() -> None:
     big = running("j1", tuple(f"t{i}" for i in range(9)), steps=STEPS)
     small = running("j2", ("x",), steps=STEPS)
     plan = assign_slots({"cpu-1": WorkerInfo("cpu", 2)}, {"j2": small, "j1": big})
-    # weights 10 (j1 step 1), 1 (j1 step 2), 2 (j2 step 1), 1 (j2 step 2) of 14
+    # not split by backlog: the worker's fair share orders the runs of both
     assert plan == {
         "cpu-1": [
-            {"job": "j1", "step": 1, "slots": 1},
-            {"job": "j1", "step": 2, "slots": 1},
-            {"job": "j2", "step": 1, "slots": 1},
-            {"job": "j2", "step": 2, "slots": 1},
+            {"job": "j1", "step": 1, "slots": 2},
+            {"job": "j1", "step": 2, "slots": 2},
+            {"job": "j2", "step": 1, "slots": 2},
+            {"job": "j2", "step": 2, "slots": 2},
         ]
     }
     plan = assign_slots({"cpu-1": WorkerInfo("cpu", 28)}, {"j2": small, "j1": big})
-    assert [a["slots"] for a in plan["cpu-1"]] == [20, 2, 4, 2]
+    assert [a["slots"] for a in plan["cpu-1"]] == [28, 28, 28, 28]
 
 
 def test_every_worker_of_a_pool_gets_every_active_step_of_its_pool() -> None:
@@ -503,8 +503,8 @@ def test_every_worker_of_a_pool_gets_every_active_step_of_its_pool() -> None:
         plan["cpu-1"]
         == plan["cpu-2"]
         == [
-            {"job": "j1", "step": 1, "slots": 1},
-            {"job": "j1", "step": 3, "slots": 1},
+            {"job": "j1", "step": 1, "slots": 2},
+            {"job": "j1", "step": 3, "slots": 2},
         ]
     )
 
@@ -514,7 +514,7 @@ def test_gpu_steps_go_to_gpu_workers_only() -> None:
     workers = {"cpu-1": WorkerInfo("cpu", 4), "gpu-1": WorkerInfo("gpu", 3)}
     plan = assign_slots(workers, jobs)
     assert plan == {
-        "cpu-1": [{"job": "j1", "step": 1, "slots": 3}, {"job": "j1", "step": 3, "slots": 1}],
+        "cpu-1": [{"job": "j1", "step": 1, "slots": 4}, {"job": "j1", "step": 3, "slots": 4}],
         "gpu-1": [{"job": "j1", "step": 2, "slots": 3}],
     }
 

@@ -15,7 +15,13 @@ from gristmill.faults import FaultPlan
 from gristmill.loops import keep_running
 from services.worker.actors import ActorPool
 from services.worker.assignments import parse_assignment
-from services.worker.outcome import Child, child_manifests, group_size_for, results_of
+from services.worker.outcome import (
+    Child,
+    child_manifests,
+    group_size_for,
+    overlong,
+    results_of,
+)
 
 SHA = "c" * 64
 KEY = ("web", "fingerprint", 1)
@@ -37,13 +43,25 @@ def test_an_actor_out_on_a_call_is_never_reaped_while_an_idle_one_of_its_step_is
     assert pool.busy() == 1
 
 
-def test_idle_actors_of_steps_no_longer_assigned_go_first_and_lost_ones_are_forgotten() -> None:
+def test_idle_actors_of_steps_no_longer_assigned_make_room_least_recently_used_first() -> None:
+    pool = ActorPool(idle_s=60)
+    other, old = ("web", "other", 0), ("ml", "old", 2)
+    for key, actor, since in ((KEY, "a", 0.0), (other, "b", 5.0), (old, "c", 1.0)):
+        pool.started(key)
+        pool.give_back(key, actor, now=since)
+    assert pool.make_room({KEY}, keep=4) == []  # 3 + the new one fit
+    assert pool.make_room({KEY}, keep=3) == ["c"]  # the one idle longest goes
+    assert pool.make_room({KEY}, keep=1) == ["b"]  # a is wanted: kept, even past the bound
+    assert pool.idle_count() == 1
+
+
+def test_with_no_bound_every_unwanted_idle_actor_goes_and_lost_ones_are_forgotten() -> None:
     pool = ActorPool(idle_s=60)
     other = ("web", "other", 0)
     for key, actor in ((KEY, "a"), (other, "b")):
         pool.started(key)
         pool.give_back(key, actor, now=0.0)
-    assert pool.unwanted({KEY}) == ["b"]
+    assert pool.make_room({KEY}, keep=None) == ["b"]
     assert pool.take(other) is None
     pool.started(other)
     pool.lost(other)  # it died on its call
@@ -93,6 +111,14 @@ def test_group_size_follows_the_measured_time_per_task() -> None:
     assert group_size_for(0.0001) == MAX_GROUP
     assert group_size_for(0.01) == 5
     assert group_size_for(10.0) == 1
+
+
+def test_a_group_measured_to_hold_its_slot_over_a_second_runs_task_by_task() -> None:
+    assert overlong(0.25, 8)  # 2 s as one run: grouped before its step was measured
+    assert not overlong(0.25, 4)  # 1 s: kept
+    assert not overlong(0.01, 64)
+    assert not overlong(None, 64)  # not measured yet: nothing to go by
+    assert not overlong(30.0, 1)  # a single task is as small as it gets
 
 
 def test_a_task_with_more_outputs_than_a_message_holds_lists_them_in_parts() -> None:
