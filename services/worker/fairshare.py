@@ -258,7 +258,9 @@ class FairSlots:
         asking |= {w.team for w in self._watchers if w.team is not None and not w.future.done()}
         now = self._clock()
         mine = (self._due(team, now), team)
-        return all(mine < (self._due(other, now), other) for other in asking - {team})
+        # a team at its cap takes no slot, so it is in nobody's way
+        rivals = {other for other in asking - {team} if self._below_cap(other)}
+        return all(mine < (self._due(other, now), other) for other in rivals)
 
     def _asks(self, team: str) -> bool:
         """Whether `team` has a ticket waiting."""

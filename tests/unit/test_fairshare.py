@@ -263,7 +263,12 @@ def test_a_team_next_in_line_fetches_while_all_slots_are_held_by_short_runs() ->
 
 
 def turn_while_held(
-    team: str, held_by: str, expected_s: float | None, cap: int | None = None, rival: str = ""
+    team: str,
+    held_by: str,
+    expected_s: float | None,
+    cap: int | None = None,
+    rival: str = "",
+    rival_cap: int | None = None,
 ) -> bool:
     """Whether `team` may fetch at once while `held_by` has held the only slot for 5 s, in a
     run measured at `expected_s`, with `team` capped at `cap`, and team `rival` (which has
@@ -273,12 +278,20 @@ def turn_while_held(
         clock = Clock()
         slots = FairSlots(1, clock=clock)
         slots.set_cap(team, cap)
+        if rival:
+            slots.set_cap(rival, rival_cap)
         grant = await slots.acquire(held_by, "big", expected_s=expected_s)
         clock.now = 5.0
         rivals = [asyncio.create_task(slots.acquire(rival, "y"))] if rival else []
         turn = asyncio.create_task(slots.wait_turn(team))
         now = turn.done()
         await slots.release(grant)
+        if rival_cap == 0:
+            await asyncio.wait_for(turn, 1.0)  # a free slot is every team's turn
+            for task in rivals:
+                task.cancel()
+            await asyncio.gather(*rivals, return_exceptions=True)
+            return now
         for granted in await asyncio.gather(*rivals):  # the rival's turn came first
             await slots.release(granted)
         await asyncio.wait_for(turn, 1.0)  # a free slot is every team's turn
@@ -294,6 +307,7 @@ def test_a_batch_is_fetched_ahead_only_of_a_short_run_by_the_team_due_next() -> 
     assert not turn_while_held("b", "a", None)  # never measured: no promise it frees soon
     assert not turn_while_held("a", "a", 0.25, rival="b")  # b, asking too, is due first
     assert not turn_while_held("b", "a", 0.25, cap=0)  # b at its cap
+    assert turn_while_held("a", "a", 0.25, rival="c", rival_cap=0)  # c, capped, is in no way
 
 
 def test_a_ticket_given_up_leaves_the_queue_or_passes_its_slot_on() -> None:
