@@ -459,17 +459,24 @@ def test_groups_made_before_their_step_was_measured_run_task_by_task_once_it_is(
     assert (executor.state.state, executor.state.tasks_done) == ("completed", 81)
     rows = sorted(n for out in outputs for n in out.to_pyarrow().column("n").to_pylist())
     assert rows == list(range(80))  # every task once
-    spans = client_call(service, lambda c: c.trace(executor.job))["spans"]
-    step_1 = {
-        s["span_id"]
-        for s in spans
-        if s["attributes"].get("gm.kind") == "attempt" and s["attributes"]["gm.step"] == 1
-    }
-    runs = [
-        s["attributes"]["gm.tasks"]
-        for s in spans
-        if s["name"] == "slot" and s["parent_span_id"] in step_1
-    ]
+
+    def slot_runs() -> list[int] | None:
+        # A run's slot span is under its first task's attempt, which is stored once settled:
+        # the job can be complete a moment before the last attempts' spans are in the store.
+        spans = client_call(service, lambda c: c.trace(executor.job))["spans"]
+        step_1 = {
+            s["span_id"]
+            for s in spans
+            if s["attributes"].get("gm.kind") == "attempt" and s["attributes"]["gm.step"] == 1
+        }
+        runs = [
+            s["attributes"]["gm.tasks"]
+            for s in spans
+            if s["name"] == "slot" and s["parent_span_id"] in step_1
+        ]
+        return runs if sum(runs) >= 80 else None
+
+    runs = until(slot_runs, "a slot span for every task of step 1", timeout_s=30.0)
     assert sum(runs) == 80  # each task's run held a slot once
     assert set(runs) == {1, 8}
     assert runs.count(8) <= 4  # whole only where a worker had not measured the step: 4 slots
