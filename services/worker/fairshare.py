@@ -21,7 +21,8 @@ or weight set); nothing polls.
 Fetching is paced here too (`wait_turn`): a step's puller fetches when a slot is free, or,
 while all are held, one batch ahead when its team is next in line: it has nothing waiting, no
 other team asking (waiting for a slot or for a turn) is due first, and a slot is held by a run
-measured to be short (`AHEAD_S`). So a late team keeps one batch ready and takes each slot as
+measured to be short (`AHEAD_S`; a run fetched before its step was measured says how long it
+will be once it starts: `expect`). So a late team keeps one batch ready and takes each slot as
 it frees, a team alone on the worker overlaps its short runs, and a worker whose slots are
 held by long or unmeasured runs takes nothing it cannot start.
 """
@@ -46,7 +47,7 @@ AHEAD_S = 1.0
 
 # Equality is identity: two runs of one job started at the same instant are two grants, and
 # releasing the one must not release the other.
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Grant:
     """One slot, held by a run of `job` of `team` since `started_at` (on the slots' clock)."""
 
@@ -54,7 +55,9 @@ class Grant:
     job: str
     priority: int
     started_at: float
-    expected_s: float | None = None  # how long the run is measured to take; None: unknown
+    # How long the run is measured to take (None: unknown); set by `FairSlots.expect` once the
+    # run knows what it runs (a batch fetched before its step was measured, say).
+    expected_s: float | None = None
 
 
 @dataclass
@@ -211,6 +214,11 @@ class FairSlots:
         """Give the slot of `grant` back, charging its run to its team and job."""
         self._release_now(grant)
 
+    def expect(self, grant: Grant, seconds: float | None) -> None:
+        """The run holding `grant` is now measured to take `seconds` in all (None: unknown)."""
+        grant.expected_s = seconds
+        self._grant_free_slots()  # a run now known to be short may let a team fetch ahead
+
     async def wait_free(self) -> None:
         """Return once a slot is free (taking nothing)."""
         await self._wait_until(None, lambda: self.used < self.count)
@@ -238,8 +246,10 @@ class FairSlots:
         try:
             await future
         except asyncio.CancelledError:
-            if future.done() and team is not None:
-                self.end_turn(team)  # its turn came as it was cancelled
+            # its turn came as it was cancelled (a task cancelled while it waits cancels the
+            # future too: then no turn was begun)
+            if future.done() and not future.cancelled() and team is not None:
+                self.end_turn(team)
             self._watchers = [w for w in self._watchers if w.future is not future]
             raise
 

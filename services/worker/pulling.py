@@ -3,11 +3,18 @@
 A puller fetches when the worker's fair slots say its team's turn has come (`wait_turn`: a
 slot is free, or the team is owed the next one) and its step has fewer batches in hand than
 its share; what it fetched queues for a slot at once, so the next turn is judged with it
-counted. Every fetched message is kept alive (`in_progress`, a few times per ack wait) from
-the moment it arrives until it is settled: a manifest waiting for a slot is never redelivered
-behind the worker's back. Slots bound the actor runs only; publishing what a run made does not
-hold one, so a full stream downstream (backpressure) never starves the step that would drain
-it.
+counted.
+
+A step with nothing left to fetch (its last fetch found nothing, or took the last message
+pending) waits for its next manifest without a turn. A turn is the team's one batch ahead,
+and a step with nothing to fetch must not keep it from the team's other steps (a fan-out's
+puller, say, long-polling its drained step while the step it fed has work); the batch such a
+wait brings queues for its slot like any other.
+
+Every fetched message is kept alive (`in_progress`, a few times per ack wait) from the moment
+it arrives until it is settled: a manifest waiting for a slot is never redelivered behind the
+worker's back. Slots bound the actor runs only; publishing what a run made does not hold one,
+so a full stream downstream (backpressure) never starves the step that would drain it.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ class KeepAlive:
 
 class Puller:
     """Fetches the manifests of one step while `share()` is above 0, handing each fetched
-    batch, with its place in the slots' queue (`ask(len(msgs))`, which ends the turn), to
+    batch, with its place in the slots' queue (`ask(len(msgs), in_turn)`, which ends the turn
+    it was fetched in, if any), to
     `handle(key, msgs, keep_alive, ticket)`. It holds at most `share() + 1` batches: one more
     than may run at once, fetched when the slots say a run is about to end and this team is
     next in line (never behind long runs: a batch held back is one another worker lacks)."""
@@ -65,7 +73,7 @@ class Puller:
         share: Callable[[], int],
         batch_size: Callable[[], int],
         ack_wait_s: float,
-        ask: Callable[[int], Ticket],
+        ask: Callable[[int, bool], Ticket],
         handle: Callable[[StepKey, list[Any], KeepAlive, Ticket], Coroutine[Any, Any, None]],
     ):
         self.js = js
@@ -88,13 +96,16 @@ class Puller:
         running: set[asyncio.Task[None]] = set()
         sub: Any = None
         delay = 0.1
+        empty = False  # nothing was left to fetch: the next fetch waits without a turn
+        team = self.key[0]
         try:
             while self.share() > 0:
                 if len(running) >= self.share() + 1:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                team = self.key[0]
-                await self.slots.wait_turn(team)
+                in_turn = not empty
+                if in_turn:
+                    await self.slots.wait_turn(team)
                 msgs: list[Any] = []
                 try:
                     try:
@@ -104,9 +115,10 @@ class Puller:
                             )
                         msgs = await sub.fetch(self.batch_size(), timeout=1.0)
                     finally:
-                        if not msgs:  # the turn ends here; with a batch, when it asks
+                        if in_turn and not msgs:  # the turn ends here; with a batch, on asking
                             self.slots.end_turn(team)
                 except TimeoutError:
+                    empty = True
                     continue
                 except NotFoundError:
                     log.info("step %d of job %s has no consumer (ended)", self.key[2], self.key[1])
@@ -124,11 +136,12 @@ class Puller:
                     await asyncio.sleep(delay)
                     delay = min(5.0, delay * 2)
                     continue
+                empty = _drained(msgs)
                 if not msgs:
                     continue
                 delay = 0.1
                 keeper = KeepAlive(msgs, self.ack_wait_s)
-                ticket = self.ask(len(msgs))  # ends the turn
+                ticket = self.ask(len(msgs), in_turn)  # ends the turn, if it was fetched in one
                 task = asyncio.create_task(self.handle(self.key, msgs, keeper, ticket))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -136,6 +149,17 @@ class Puller:
                 await asyncio.wait(running)
         finally:
             await _unsubscribed(sub)
+
+
+def _drained(msgs: list[Any]) -> bool:
+    """Whether a fetch left its consumer with nothing pending (none fetched, or the last message
+    says so); a message whose metadata cannot be read is taken to have more behind it."""
+    if not msgs:
+        return True
+    try:
+        return int(msgs[-1].metadata.num_pending) == 0
+    except Exception:
+        return False
 
 
 async def _unsubscribed(sub: Any) -> None:

@@ -213,6 +213,10 @@ class BatchRunner:
         key: ActorKey = (record.spec.team, record.fingerprint, step)
         grant = await ticket.granted()
         granted_ns = time.time_ns()
+        tasks = sum(len(w.manifest.tasks) for w in works)
+        per_task = self.seconds_per_task.get((record.fingerprint, step))
+        if per_task is not None:  # the ticket may have been asked before the step was measured
+            self.slots.expect(grant, per_task * tasks)
         self.running += 1
         started = time.perf_counter()
         try:
@@ -248,7 +252,6 @@ class BatchRunner:
         finally:
             self.running -= 1
             await self.slots.release(grant)
-            tasks = sum(len(w.manifest.tasks) for w in works)
             self.spans.slot(first, granted_ns, time.time_ns(), tasks)
 
     async def _hung(self, actor: Any, timeout: float, elapsed: float) -> str | None:

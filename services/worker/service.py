@@ -186,12 +186,12 @@ class WorkerService:
             share=lambda: self._assigned.get(key, 0),
             batch_size=lambda: self._batch_size(record.fingerprint, step),
             ack_wait_s=record.spec.options.ack_wait_s,
-            ask=lambda n: self.slots.ask(
+            ask=lambda n, in_turn: self.slots.ask(
                 team,
                 job,
                 record.spec.options.priority,
                 self._expected(record.fingerprint, step, n),
-                ending_turn=True,
+                ending_turn=in_turn,
             ),
             handle=self._handle,
         )

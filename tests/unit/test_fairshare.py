@@ -310,6 +310,48 @@ def test_a_batch_is_fetched_ahead_only_of_a_short_run_by_the_team_due_next() -> 
     assert turn_while_held("a", "a", 0.25, rival="c", rival_cap=0)  # c, capped, is in no way
 
 
+def test_a_run_measured_short_once_it_holds_its_slot_lets_the_team_due_next_fetch() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        slots = FairSlots(1, clock=clock)
+        grant = await slots.acquire("a", "big")  # fetched before its step was measured
+        clock.now = 5.0
+        turn_b = asyncio.create_task(slots.wait_turn("b"))
+        assert not turn_b.done()  # no promise the slot frees soon
+        slots.expect(grant, 0.25)  # the run learns it is one task of a step measured at 0.25 s
+        assert grant.expected_s == 0.25
+        await asyncio.wait_for(turn_b, 1.0)  # b fetches ahead of it now
+        slots.end_turn("b")
+        await slots.release(grant)
+
+    run(scenario)
+
+
+def test_a_puller_cancelled_while_it_waits_for_its_turn_leaves_no_turn_behind() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        slots = FairSlots(1, clock=clock)
+        grant = await slots.acquire("a", "big", expected_s=0.25)
+        clock.now = 5.0
+        rival = asyncio.create_task(
+            slots.acquire("ant", "y", expected_s=0.25)
+        )  # due first (a tie; by name)
+        waiting = asyncio.create_task(slots.wait_turn("b"))
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # b has no turn left over: once ant's run is under way, b is next in line again
+        await slots.release(grant)
+        granted = await rival
+        assert granted.team == "ant"
+        await asyncio.wait_for(slots.wait_turn("b"), 1.0)
+        slots.end_turn("b")
+        await slots.release(granted)
+
+    run(scenario)
+
+
 def test_a_ticket_given_up_leaves_the_queue_or_passes_its_slot_on() -> None:
     async def scenario() -> None:
         slots = FairSlots(1, clock=Clock())
