@@ -71,3 +71,47 @@ def test_a_registered_only_service_refuses_a_pipeline_bringing_its_own_classes(
         "teams file's trusted_teams names it and the service is not --registered-only): "
         "install the stage where the service runs, under the entry points 'gristmill.stages'"
     )
+
+
+def test_gristmill_up_with_a_teams_file_gives_each_team_its_credentials_and_only_its_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRISTMILL_NATS_URL", raising=False)
+    monkeypatch.delenv("GRISTMILL_CREDENTIALS", raising=False)
+    monkeypatch.setenv("GRISTMILL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRISTMILL_INPUT_ROOTS", f"{ROOT},{tmp_path}")
+    teams = tmp_path / "teams.yaml"
+    teams.write_text("teams:\n  alpha: {weight: 3}\n  beta: {}\ntrusted_teams: [alpha, beta]\n")
+    spec = str(ROOT / "examples" / "pipelines" / "quality.yaml")
+    creds = tmp_path / "state" / "credentials"
+
+    assert main(["up", "--detach", "--teams-file", str(teams)]) == 0
+    try:
+        out = capsys.readouterr().out
+        assert f"credentials: {creds}\n" in out
+        for team in ("alpha", "beta"):
+            assert (creds / f"{team}.creds").stat().st_mode & 0o777 == 0o600
+        alpha, beta = str(creds / "alpha.creds"), str(creds / "beta.creds")
+
+        assert main(["status"]) == 2  # two teams: which one is not guessed
+        assert capsys.readouterr().err == (
+            "gristmill: error: the service has several teams (alpha, beta): pass --credentials "
+            "FILE (or set GRISTMILL_CREDENTIALS), or name a team\n"
+        )
+        data = str(ROOT / "examples" / "data")
+        assert main(["run", spec, "--input", data, "--output", "alpha/out", "--credentials", alpha]) == 0  # fmt: skip
+        [job] = re.findall(r"^job (j[0-9a-f]{15}) submitted$", capsys.readouterr().out, re.M)
+
+        assert main(["status", "--credentials", alpha]) == 0
+        assert re.search(rf"^{job}  quality  completed  tasks ", capsys.readouterr().out, re.M)
+        assert main(["status", "--credentials", beta]) == 0
+        assert capsys.readouterr().out.startswith("no jobs\n")  # alpha's job is not beta's
+        ids = [
+            json.loads(line)["id"]
+            for path in sorted((tmp_path / "alpha" / "out").glob("*.jsonl"))
+            for line in path.read_text().splitlines()
+        ]
+        assert len(ids) == len(set(ids)) == 340
+    finally:
+        assert main(["down"]) == 0
