@@ -21,10 +21,10 @@ or weight set); nothing polls.
 Fetching is paced here too (`wait_turn`): a step's puller fetches when a slot is free, or,
 while all are held, one batch ahead when its team is next in line: it has nothing waiting, no
 other team asking (waiting for a slot or for a turn) is due first, and a slot is held by a run
-measured to be short (`AHEAD_S`; a run fetched before its step was measured says how long it
-will be once it starts: `expect`). So a late team keeps one batch ready and takes each slot as
-it frees, a team alone on the worker overlaps its short runs, and a worker whose slots are
-held by long or unmeasured runs takes nothing it cannot start.
+measured to be short (`AHEAD_S`; each run says how long it will be as it starts: `expect`). So
+a late team keeps one batch ready and takes each slot as it frees, a team alone on the worker
+overlaps its short runs, and a worker whose slots are held by long or unmeasured runs takes
+nothing it cannot start.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class Grant:
     job: str
     priority: int
     started_at: float
-    # How long the run is measured to take (None: unknown); set by `FairSlots.expect` once the
-    # run knows what it runs (a batch fetched before its step was measured, say).
+    # How long the run is measured to take (None: unknown); the run sets it as it starts
+    # (`FairSlots.expect`), when it knows what it runs and its step may have been measured.
     expected_s: float | None = None
 
 

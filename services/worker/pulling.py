@@ -58,10 +58,10 @@ class KeepAlive:
 class Puller:
     """Fetches the manifests of one step while `share()` is above 0, handing each fetched
     batch, with its place in the slots' queue (`ask(len(msgs), in_turn)`, which ends the turn
-    it was fetched in, if any), to
-    `handle(key, msgs, keep_alive, ticket)`. It holds at most `share() + 1` batches: one more
-    than may run at once, fetched when the slots say a run is about to end and this team is
-    next in line (never behind long runs: a batch held back is one another worker lacks)."""
+    it was fetched in, if any), to `handle(key, msgs, keep_alive, ticket)`. It holds at most
+    `share() + 1` batches: one more than may run at once, fetched when the slots say a run is
+    about to end and this team is next in line (never behind long runs: a batch held back is
+    one another worker lacks)."""
 
     def __init__(
         self,

@@ -181,8 +181,7 @@ class BatchRunner:
         ]
         spec = record.spec
         tickets = [ticket] + [
-            self.slots.ask(spec.team, record.job, spec.options.priority, measured)
-            for _ in singles[1:]
+            self.slots.ask(spec.team, record.job, spec.options.priority) for _ in singles[1:]
         ]
         try:
             async with asyncio.TaskGroup() as group:
@@ -215,7 +214,7 @@ class BatchRunner:
         granted_ns = time.time_ns()
         tasks = sum(len(w.manifest.tasks) for w in works)
         per_task = self.seconds_per_task.get((record.fingerprint, step))
-        if per_task is not None:  # the ticket may have been asked before the step was measured
+        if per_task is not None:  # as it starts, a run says how long it will hold its slot
             self.slots.expect(grant, per_task * tasks)
         self.running += 1
         started = time.perf_counter()

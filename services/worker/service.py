@@ -187,11 +187,7 @@ class WorkerService:
             batch_size=lambda: self._batch_size(record.fingerprint, step),
             ack_wait_s=record.spec.options.ack_wait_s,
             ask=lambda n, in_turn: self.slots.ask(
-                team,
-                job,
-                record.spec.options.priority,
-                self._expected(record.fingerprint, step, n),
-                ending_turn=in_turn,
+                team, job, record.spec.options.priority, ending_turn=in_turn
             ),
             handle=self._handle,
         )
@@ -221,10 +217,6 @@ class WorkerService:
         if seconds is None:
             return 1
         return max(1, min(16, int(BATCH_TARGET_S / max(seconds, 1e-6))))
-
-    def _expected(self, fingerprint: str, step: int, messages: int) -> float | None:
-        seconds = self.runner.seconds_per_message.get((fingerprint, step))
-        return None if seconds is None else seconds * messages
 
     # -- actors ------------------------------------------------------------------------------
 
