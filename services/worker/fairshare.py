@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import count as counter
 
-__all__ = ["AHEAD_S", "FairSlots", "Grant", "Ticket"]
+__all__ = ["AHEAD_S", "Draining", "FairSlots", "Grant", "Ticket"]
 
 # Usage below this (seconds) is as good as none: the entry is forgotten once nothing refers to
 # it, so a worker that runs for months keeps only the teams and jobs it ran lately.
@@ -75,6 +75,11 @@ class _Usage:
     def add(self, seconds: float, now: float, half_life_s: float) -> None:
         self.value = self.at(now, half_life_s) + seconds
         self.stamp = now
+
+
+class Draining(Exception):
+    """The worker is draining: a run not yet given a slot never gets one (its batch is handed
+    back)."""
 
 
 @dataclass(eq=False)
@@ -146,6 +151,7 @@ class FairSlots:
         self._watchers: list[_Watcher] = []
         self._turns: dict[str, int] = {}  # teams fetching in a turn: how many of their pullers
         self._seq = counter()
+        self.draining = False
         for team, weight in (weights or {}).items():
             self.set_weight(team, weight)
 
@@ -183,6 +189,9 @@ class FairSlots:
                 del self._turns[team]
         loop = asyncio.get_running_loop()
         waiter = _Waiter(job, priority, next(self._seq), expected_s, loop.create_future())
+        if self.draining:
+            waiter.future.set_exception(Draining("the worker is draining"))
+            return Ticket(self, team, waiter)
         self._waiting.setdefault(team, []).append(waiter)
         self._teams.setdefault(team, _Usage(stamp=self._clock())).refs += 1
         self._jobs.setdefault((team, job), _Usage(stamp=self._clock())).refs += 1
@@ -195,8 +204,21 @@ class FairSlots:
         """Take a slot for a run of `job` of `team`, waiting until the policy grants one."""
         return await self.ask(team, job, priority, expected_s).granted()
 
+    def drain(self) -> None:
+        """Grant no slot again: every ticket waiting now, and every one asked for later, fails
+        with `Draining`. Runs holding slots go on to their end."""
+        self.draining = True
+        for team, waiters in list(self._waiting.items()):
+            for waiter in waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(Draining("the worker is draining"))
+                    self._unref(team, waiter.job)
+            del self._waiting[team]
+
     def _withdraw(self, team: str, waiter: _Waiter) -> None:
         if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.exception() is not None:
+                return  # failed by `drain`, which took it out of the queue
             grant = waiter.future.result()
             if grant in self._holding:  # granted and not yet released: on to the next waiter
                 self._release_now(grant)

@@ -32,7 +32,7 @@ from gristmill.executors.placement import gpu_request
 from gristmill.stages import Resources
 from services.worker.actors import ActorKey, ActorPool
 from services.worker.effects import Effects, Failure, Work
-from services.worker.fairshare import FairSlots, Ticket
+from services.worker.fairshare import Draining, FairSlots, Ticket
 from services.worker.outcome import overlong
 from services.worker.pulling import KeepAlive
 from services.worker.spans import AttemptSpans
@@ -78,6 +78,8 @@ class BatchRunner:
         self.seconds_per_task: dict[tuple[str, int], float] = {}  # (fingerprint, step)
         self.seconds_per_message: dict[tuple[str, int], float] = {}
         self.running = 0
+        self.setting_up = 0  # new actors on their first call (setting their stage up)
+        self.setup_s: dict[tuple[str, str, int], float] = {}  # (team, job, step): measured
 
     async def handle(
         self,
@@ -105,14 +107,19 @@ class BatchRunner:
                         for i, (w, group) in enumerate(zip(works, spans, strict=True))
                     )
                 )
+        except Draining:  # never started: handed back at once, for another worker to run
+            log.info(
+                "job %s step %d: %d manifests handed back (draining)", record.job, step, len(msgs)
+            )
+            await _nak_unsettled(msgs, delay=None)
+        except asyncio.CancelledError:  # stopped mid-way (a drain's deadline): handed back too;
+            await _nak_unsettled(msgs, delay=None)  # a done record makes a rerun a no-op
+            raise
         except Exception:
             log.exception(
                 "job %s step %d: a batch of %d failed unexpectedly", record.job, step, len(msgs)
             )
-            for msg in msgs:
-                if not msg.is_acked:
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
+            await _nak_unsettled(msgs, delay=1.0)
             for span in (s for group in spans for s in group):
                 span.set_status(Status(StatusCode.ERROR, "the batch failed unexpectedly"))
         finally:
@@ -218,8 +225,13 @@ class BatchRunner:
             self.slots.expect(grant, per_task * tasks)
         self.running += 1
         started = time.perf_counter()
+        fresh = False
         try:
-            actor = self.actors.take(key) or await self._start_actor(key, record, step)
+            actor = self.actors.take(key)
+            if actor is None:
+                fresh = True
+                self.setting_up += 1
+                actor = await self._start_actor(key, record, step)
             name = _actor_id(actor)
             call = asyncio.ensure_future(
                 _await(actor.run.remote([w.manifest.to_json() for w in works]))
@@ -246,9 +258,15 @@ class BatchRunner:
                 error = f"{type(cause).__name__}: {cause}"
                 return Lost(error, getattr(cause, "traceback", "") or str(exc)), name
             self.actors.give_back(key, actor, time.monotonic())
-            self._measure(record.fingerprint, step, works, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            if fresh:  # what the first call took beyond its tasks was the set-up
+                ran = sum(r.get("wall_time_s", 0.0) for m in results for r in m)
+                self.setup_s[record.spec.team, record.job, step] = max(0.0, elapsed - ran)
+            self._measure(record.fingerprint, step, works, elapsed)
             return results, name
         finally:
+            if fresh:
+                self.setting_up -= 1
             self.running -= 1
             await self.slots.release(grant)
             self.spans.slot(first, granted_ns, time.time_ns(), tasks)
@@ -314,6 +332,14 @@ class BatchRunner:
     async def _stop(self, key: ActorKey, actor: Any) -> None:
         self.actors.lost(key)
         await asyncio.to_thread(_kill, actor)
+
+
+async def _nak_unsettled(msgs: list[Any], delay: float | None) -> None:
+    """Nak every message of a batch not yet settled (a failing nak is redelivered anyway)."""
+    for msg in msgs:
+        if not msg.is_acked:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
 
 
 async def _in_span(span: Span, settling: Awaitable[None]) -> None:

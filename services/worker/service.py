@@ -10,6 +10,7 @@ published, recorded and acknowledged, in which order), `actors` (which actors ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -84,6 +85,9 @@ class WorkerService:
         self._kv: dict[tuple[str, str], Any] = {}
         self._loops = LoopSet(log)
         self._heartbeat: Heartbeat | None = None
+        self._handling: set[asyncio.Task[Any]] = set()  # batches fetched and not yet settled
+        self.draining = False
+        self.ready_at = 0.0
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -109,6 +113,7 @@ class WorkerService:
                 lambda fingerprint, step: self.runner.seconds_per_task.get((fingerprint, step)),
                 self.telemetry.tracer,
             )
+        self.ready_at = time.time()
         buckets = {team: self._kv[team, "workers"] for team in self.settings.teams}
         self._heartbeat = Heartbeat(self.worker_id, buckets, self._state)
         await self._heartbeat.beat()
@@ -122,10 +127,35 @@ class WorkerService:
         self._loops.start("idle actors", self._reap_idle_actors)
         log.info("worker %s (%s, %d slots) ready", self.worker_id, self.pool, self.slots.count)
 
-    async def before_stop(self) -> None:
-        """Leave: stop pulling, withdraw the heartbeat (tasks in flight are redelivered)."""
-        await self._loops.stop()
+    async def drain(self, deadline_s: float) -> None:
+        """Stop taking work and let the runs under way end (for at most `deadline_s`): fetch
+        nothing more, hand back at once every fetched manifest that has no slot yet, and say
+        so in the heartbeat (`draining`), so the coordinator assigns nothing here. What is
+        still running at the deadline is stopped and handed back too."""
+        self.draining = True
+        self.slots.drain()
+        self._assigned.clear()
         await cancel_all(list(self._pullers.values()))
+        if self._heartbeat is not None:
+            with contextlib.suppress(Exception):
+                await self._heartbeat.beat()
+        handling = [t for t in self._handling if not t.done()]
+        log.info("worker %s draining: %d batches under way", self.worker_id, len(handling))
+        if handling:
+            _, late = await asyncio.wait(handling, timeout=deadline_s)
+            if late:
+                log.warning(
+                    "worker %s: %d batches still running after %g s; handing them back",
+                    self.worker_id,
+                    len(late),
+                    deadline_s,
+                )
+                await cancel_all(list(late))
+
+    async def before_stop(self) -> None:
+        """Leave: drain, stop the loops, withdraw the heartbeat."""
+        await self.drain(self.settings.drain_s)
+        await self._loops.stop()
         if self._heartbeat is not None:
             await self._heartbeat.withdraw()
         await asyncio.to_thread(self.telemetry.flush)  # the span store exports on this loop
@@ -148,13 +178,24 @@ class WorkerService:
             actors_busy=self.actors.busy(),
             actors_idle=self.actors.idle_count(),
             at=time.time(),
+            status="draining" if self.draining else "ready",
+            ready_at=self.ready_at,
+            setting_up=self.runner.setting_up,
+            setup_s={
+                f"{job}/{step}": round(seconds, 3)
+                for (t, job, step), seconds in self.runner.setup_s.items()
+                if t == team and (t, job, step) in self._assigned
+            },
         )
 
     # -- assignments and pullers -------------------------------------------------------------
 
     async def _on_assignment(self, team: str, wanted: Wanted, cap: int | None = None) -> None:
         """Start and stop pullers to match `wanted` (a changed share applies at once), and hold
-        the team to `cap` task runs at once here (its part of its in-flight quota)."""
+        the team to `cap` task runs at once here (its part of its in-flight quota). A draining
+        worker takes no assignment."""
+        if self.draining:
+            return
         self.slots.set_cap(team, cap)
         for key in [k for k in self._assigned if k[0] == team and k not in wanted]:
             del self._assigned[key]  # its puller ends after the batches it holds
@@ -197,12 +238,18 @@ class WorkerService:
         self, key: tuple[str, str, int], msgs: list[Any], keeper: KeepAlive, ticket: Ticket
     ) -> None:
         team, job, step = key
+        task = asyncio.current_task()
+        assert task is not None
+        self._handling.add(task)
         try:
-            record = await self._record(team, job)
-        except BaseException:
-            ticket.cancel()
-            raise
-        await self.runner.handle(msgs, keeper, ticket, record, step, self._effects[team])
+            try:
+                record = await self._record(team, job)
+            except BaseException:
+                ticket.cancel()
+                raise
+            await self.runner.handle(msgs, keeper, ticket, record, step, self._effects[team])
+        finally:
+            self._handling.discard(task)
 
     async def _record(self, team: str, job: str) -> JobRecord:
         record = self._records.get((team, job))

@@ -468,7 +468,9 @@ class JobState(Message):
 
 
 class WorkerState(Message):
-    """A worker's heartbeat: its pool, slots, what it pulls and runs, when it last beat."""
+    """A worker's heartbeat: its pool, slots, what it pulls and runs, when it last beat; whether
+    it is ready or draining (stopping: it fetches nothing more), since when it is ready, how
+    many actors it is setting up, and each step's measured set-up time."""
 
     worker: str
     pool: Literal["cpu", "gpu"]
@@ -478,3 +480,30 @@ class WorkerState(Message):
     actors_busy: int = Field(0, ge=0)
     actors_idle: int = Field(0, ge=0)
     at: float
+    status: Literal["ready", "draining"] = "ready"
+    ready_at: float = 0.0
+    setting_up: int = Field(0, ge=0)
+    setup_s: dict[str, float] = Field(default_factory=dict)  # "<job>/<step>" -> seconds
+
+
+class StepSlots(Message):
+    """The slots a scaling decision plans for one step of one job."""
+
+    team: str
+    job: str
+    step: int = Field(ge=0)
+    slots: int = Field(ge=0)
+
+
+class ScalingDecision(Message):
+    """The coordinator's scaling decision (in the service's scaling bucket, key `decision`):
+    workers wanted per pool, the workers to drain, GPUs the GPU pool's demand packs into, slots
+    planned per step, and why. `seq` grows with every decision that changed something."""
+
+    seq: int = Field(ge=0)
+    at: float
+    workers: dict[str, int]
+    remove: dict[str, list[str]] = Field(default_factory=dict)
+    gpus: dict[str, int] = Field(default_factory=dict)
+    slots: list[StepSlots] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
