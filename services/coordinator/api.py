@@ -66,11 +66,13 @@ class JobViews:
         store: TaskStore,
         jobs: Callable[[str], dict[str, JobTracker]],
         workers: Callable[[str], dict[str, WorkerState]],
+        scaling: Callable[[], dict[str, Any]] | None = None,
     ):
         self._js = js
         self.store = store
         self._jobs = jobs
         self._workers = workers
+        self._scaling = scaling or dict
         self.history: dict[tuple[str, str], deque[dict[str, Any]]] = {}
 
     # -- progress ----------------------------------------------------------------------------
@@ -206,3 +208,12 @@ class JobViews:
     def workers(self, team: str) -> list[WorkerState]:
         """The team's live workers."""
         return sorted(self._workers(team).values(), key=lambda w: w.worker)
+
+    def scaling(self) -> dict[str, Any]:
+        """The pools' autoscaling bounds and the last scaling decisions, newest first."""
+        return self._scaling()
+
+    def desired_workers(self) -> dict[str, int]:
+        """Workers wanted per pool by the last decision (empty before the first)."""
+        decisions = self._scaling().get("decisions") or []
+        return dict(decisions[0]["workers"]) if decisions else {}

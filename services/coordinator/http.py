@@ -122,13 +122,19 @@ def create_http_app(
 
     async def workers(request: Request) -> Response:
         found = views.workers(team_of(request))
-        return JSONResponse({"workers": [w.model_dump(mode="json", by_alias=True) for w in found]})
+        return JSONResponse(
+            {
+                "workers": [w.model_dump(mode="json", by_alias=True) for w in found],
+                **views.scaling(),
+            }
+        )
 
     async def metrics(request: Request) -> Response:
         owner: str = request.state.owner
         shown = teams if owner == EVERY_TEAM else tuple(t for t in teams if t == owner)
         snapshots = await asyncio.gather(*(_snapshot(views, team) for team in shown))
-        return Response(render(list(snapshots)), media_type=METRICS_TYPE)
+        body = render(list(snapshots), views.desired_workers())
+        return Response(body, media_type=METRICS_TYPE)
 
     async def health(request: Request) -> Response:
         if ready():

@@ -9,7 +9,8 @@ Series (labels in brackets; docs/observability.md has the table):
 `gristmill_step_documents_total` [kind: in, out, dropped], `gristmill_step_dropped_documents_total`
 [stage], `gristmill_step_throughput_documents_per_second`, `gristmill_consumer_backlog_messages`
 [kind: pending, ack_pending], `gristmill_dead_letters`, `gristmill_workers` [pool],
-`gristmill_worker_slots` [pool].
+`gristmill_worker_slots` [pool]; and, for the whole service, `gristmill_desired_workers` [pool]
+(the last scaling decision: what KEDA or an HPA scales a worker Deployment on).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class TeamSnapshot:
 
 
 class _Snapshots(Collector):
-    def __init__(self, snapshots: list[TeamSnapshot]):
+    def __init__(self, snapshots: list[TeamSnapshot], desired: dict[str, int]):
         self.snapshots = snapshots
+        self.desired = desired
 
     def collect(self) -> Iterator[Metric]:
         step_labels = ["team", "job", "step", "step_name"]
@@ -114,12 +116,21 @@ class _Snapshots(Collector):
                 mine = [w for w in snap.workers if w.pool == pool]
                 workers.add_metric([team, pool], len(mine))
                 slots.add_metric([team, pool], sum(w.slots for w in mine))
+        wanted = GaugeMetricFamily(
+            "gristmill_desired_workers",
+            "Workers the last scaling decision wants per pool.",
+            labels=["pool"],
+        )
+        for pool, count in sorted(self.desired.items()):
+            wanted.add_metric([pool], count)
         yield from (jobs, tasks, documents, dropped, speed, backlog, letters, workers, slots)
+        yield wanted
 
 
-def render(snapshots: list[TeamSnapshot]) -> bytes:
-    """The exposition of these snapshots (`text/plain; version=0.0.4`)."""
+def render(snapshots: list[TeamSnapshot], desired: dict[str, int] | None = None) -> bytes:
+    """The exposition of these snapshots and of the desired workers per pool
+    (`text/plain; version=0.0.4`)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshots(snapshots))
+    registry.register(_Snapshots(snapshots, desired or {}))
     data: Any = generate_latest(registry)
     return bytes(data)

@@ -42,6 +42,8 @@ from gristmill.bus import (
 from gristmill.bus.broker import service_broker
 from gristmill.bus.client import Publisher, kv_keys
 from gristmill.bus.jobs import (
+    DECISION_KEY,
+    SCALING_BUCKET,
     archived_key,
     assignment_key,
     consumer_name,
@@ -68,6 +70,8 @@ from gristmill.telemetry import in_job
 from services.coordinator.api import SAMPLE_EVERY_S, JobViews
 from services.coordinator.http import HttpServer, create_http_app
 from services.coordinator.retry import retry_task
+from services.coordinator.scaling.cycle import ScalingCycle
+from services.coordinator.scaling.scalers import scaler_from_env
 from services.coordinator.sharing import split_cap
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
 
@@ -79,6 +83,7 @@ WORKER_TIMEOUT_S = 5.0
 ASSIGN_EVERY_S = 0.5
 FLUSH_EVERY_S = 0.2
 STATUS_WAIT_S = 20.0
+SCALE_EVERY_S = 1.0
 
 
 class CoordinatorService:
@@ -104,8 +109,15 @@ class CoordinatorService:
         self._loops = LoopSet(log)
         self._kv: dict[tuple[str, str], Any] = {}
         self._publisher: Publisher | None = None
+        self._scaling_kv: Any = None
+        self._scaler = scaler_from_env(settings.scaler)
+        self.scaling = ScalingCycle(settings)
         self.views = JobViews(
-            lambda: self._js, self.store, self.jobs.__getitem__, self.live_workers
+            lambda: self._js,
+            self.store,
+            self.jobs.__getitem__,
+            self.live_workers,
+            self.scaling.view,
         )
         self.http: HttpServer | None = None
         self.http_url = ""
@@ -122,6 +134,9 @@ class CoordinatorService:
             self.broker.subscriber(api_subject(team, "retry"), queue="coordinator")(
                 self._retry_handler(team)
             )
+            self.broker.subscriber(api_subject(team, "workers"), queue="coordinator")(
+                self._workers_handler
+            )
 
     async def after_start(self) -> None:
         """Layouts, then follow events and workers, and start assigning."""
@@ -134,7 +149,9 @@ class CoordinatorService:
             self._archived[team] = await self._count_archived(team)
             self._loops.start(f"events of {team}", functools.partial(self._follow_events, team))
             self._loops.start(f"workers of {team}", functools.partial(self._follow_workers, team))
+        self._scaling_kv = await _scaling_bucket(self._js)
         self._loops.start("assign", self._assign_loop)
+        self._loops.start("scale", self._scale_loop)
         self._loops.start("flush", self._flush_loop)
         self._loops.start("gc", self._gc_loop)
         self._loops.start("history", self._sample_loop)
@@ -426,6 +443,35 @@ class CoordinatorService:
             for team in self.settings.teams:
                 await self._assign(team)
 
+    async def _scale_loop(self) -> None:
+        """Every `SCALE_EVERY_S`: the policy's decision, published where it changed (the
+        supervisor or another scaler carries it out)."""
+        while True:
+            await asyncio.sleep(SCALE_EVERY_S)
+            if not self._all_caught_up():
+                continue  # half a replay is no measure of the backlog
+            decision = self.scaling.run(self.jobs, self.all_workers())
+            self._wake.set()  # the autoscaled pools' placement may have changed
+            if decision is None:
+                continue
+            for reason in decision.reasons:
+                log.info("scaling: %s", reason)
+            await self._scaling_kv.put(DECISION_KEY, decision.to_json())
+            if self._scaler.name != "none" and self.scaling.decision is not None:
+                try:
+                    await asyncio.to_thread(self._scaler.apply, self.scaling.decision)
+                except Exception:  # the next changed decision is tried again
+                    log.exception("scaling: the %s scaler failed", self._scaler.name)
+
+    def all_workers(self) -> dict[str, WorkerState]:
+        """Every live worker, by id (a worker beats into each team's bucket: the newest beat)."""
+        merged: dict[str, WorkerState] = {}
+        for team in self.settings.teams:
+            for worker, beat in self.live_workers(team).items():
+                if worker not in merged or merged[worker].at < beat.at:
+                    merged[worker] = beat
+        return merged
+
     def live_workers(self, team: str) -> dict[str, WorkerState]:
         """The team's workers whose last heartbeat is recent (older ones are forgotten)."""
         now = time.time()
@@ -435,7 +481,10 @@ class CoordinatorService:
 
     async def _assign(self, team: str) -> None:
         live = {w: WorkerInfo(b.pool, b.slots) for w, b in self.live_workers(team).items()}
-        plan = assign_slots(live, self.jobs[team])
+        plan = assign_slots(live, self.jobs[team], self.settings.step_split)
+        for worker, info in live.items():  # an autoscaled pool pulls what its decision placed
+            if info.pool in self.scaling.bounds:
+                plan[worker] = self.scaling.assigned(worker, team)
         cap = self.settings.policy(team).max_in_flight_tasks
         caps = split_cap(cap, {w: info.slots for w, info in live.items()}) if cap else {}
         written = self._assigned[team]
@@ -498,6 +547,17 @@ class CoordinatorService:
             return JobState.from_json(entry.value)
         return None
 
+    async def _workers_handler(self, msg: NatsMessage) -> bytes:
+        return ApiReply(ok=True, data=self.workers_view()).to_json()
+
+    def workers_view(self) -> dict[str, Any]:
+        """Each live worker (pool, slots, steps, state) and the last scaling decisions."""
+        workers = sorted(self.all_workers().values(), key=lambda w: w.worker)
+        return {
+            "workers": [w.model_dump(mode="json", by_alias=True) for w in workers],
+            **self.scaling.view(),
+        }
+
     def _why_handler(self, team: str) -> Any:
         async def why(msg: NatsMessage) -> bytes:
             try:
@@ -548,6 +608,16 @@ class CoordinatorService:
             return ApiReply(ok=True, data={"archived": archived}).to_json()
 
         return gc
+
+
+async def _scaling_bucket(js: Any) -> Any:
+    """The service's scaling bucket (the last decision only)."""
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        return await js.key_value(SCALING_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(bucket=SCALING_BUCKET, history=1)
 
 
 def _mark(state: JobState) -> str:

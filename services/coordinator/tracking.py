@@ -29,8 +29,16 @@ from gristmill.bus import (
     TasksDone,
 )
 from gristmill.telemetry import format_trace_id, trace_id_of
+from services.coordinator.scaling.policy import ewma
 
-__all__ = ["JobTracker", "StepTally", "WorkerInfo", "assign_slots", "collision_error"]
+__all__ = [
+    "JobTracker",
+    "StepTally",
+    "WorkerInfo",
+    "assign_slots",
+    "collision_error",
+    "even_split",
+]
 
 _UNKNOWN = "\0?"  # the parent of a task seen done before anyone said who made it
 
@@ -53,6 +61,7 @@ class StepTally:
     failed: set[str] = field(default_factory=set)
     dropped_by: dict[str, int] = field(default_factory=dict)  # stage -> documents (all tasks)
     base: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0, 0])  # compacted counts
+    rate: float | None = None  # tasks per second per slot (`ewma` of each task's run time)
 
     @property
     def backlog(self) -> int:
@@ -158,6 +167,7 @@ class JobTracker:
         tally.failed.discard(result.task_id)  # a dead letter retried with success
         tally.published.setdefault(result.task_id, _UNKNOWN)
         tally.done[result.task_id] = (result.items_in, result.items_out, result.items_dropped)
+        tally.rate = ewma(tally.rate, 1.0 / max(result.wall_time_s, 1e-4))
         for stage, count in result.dropped_by.items():
             tally.dropped_by[stage] = tally.dropped_by.get(stage, 0) + count
         self._publish(step + 1, result.output_ids, result.task_id)
@@ -221,6 +231,22 @@ class JobTracker:
             len(self.parts_seen.get(key, ())) >= parts for key, parts in self.parts_expected.items()
         )
 
+    def seconds_per_task(self, step: int) -> float | None:
+        """A task's measured run time on `step` (per slot, smoothed); None before one ran."""
+        tally = self.steps.get(step)
+        return None if tally is None or tally.rate is None else 1.0 / tally.rate
+
+    def fan_out(self, step: int) -> float:
+        """Tasks `step` got per task of the step before it finished (1.0 until one did)."""
+        if self.started is None or step <= self.started.first_step:
+            return 1.0
+        before = self.steps.get(step - 1)
+        here = self.steps.get(step)
+        finished = before.counts("").done if before else 0
+        if not finished or here is None:
+            return 1.0
+        return here.counts("").published / finished
+
     def step_backlog(self, step: int) -> int:
         """Tasks of `step` waiting or running."""
         tally = self.steps.get(step)
@@ -270,7 +296,7 @@ class WorkerInfo:
 
 
 def assign_slots(
-    workers: dict[str, WorkerInfo], jobs: dict[str, JobTracker]
+    workers: dict[str, WorkerInfo], jobs: dict[str, JobTracker], split: str = "shared"
 ) -> dict[str, list[dict[str, Any]]]:
     """Which steps each worker pulls, with how many of its slots.
 
@@ -280,7 +306,10 @@ def assign_slots(
     worker's fair share (`services.worker.fairshare`: teams by weight, a team's jobs by
     priority and usage), which a split made here would only undercut. Giving every worker every
     step keeps a job moving when a worker dies. A job with an active step no live worker can
-    take says so in its state (`waiting_for`) until one joins."""
+    take says so in its state (`waiting_for`) until one joins.
+
+    `split="even"` is the static baseline the autoscaling bench compares with: each active step
+    gets an equal part of its pool's slots, as dedicated slots on as few workers as they fill."""
     active: list[tuple[str, int, str]] = []  # job, step, pool
     for job, tracker in sorted(jobs.items()):
         started = tracker.started
@@ -295,6 +324,8 @@ def assign_slots(
     for job, tracker in jobs.items():
         missing = sorted({pool for j, _, pool in active if j == job and pool not in pools})
         tracker.waiting_for = ", ".join(f"no live {pool} worker" for pool in missing)
+    if split == "even":
+        return even_split(workers, active)
     return {
         worker: [
             {"job": job, "step": step, "slots": info.slots}
@@ -303,3 +334,29 @@ def assign_slots(
         ]
         for worker, info in sorted(workers.items())
     }
+
+
+def even_split(
+    workers: dict[str, WorkerInfo], active: list[tuple[str, int, str]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each active (job, step, pool) an equal part of its pool's slots (largest remainder, the
+    earlier steps first), laid out on the workers slot by slot in name order."""
+    plan: dict[str, list[dict[str, Any]]] = {worker: [] for worker in sorted(workers)}
+    for pool in sorted({info.pool for info in workers.values()}):
+        units = [
+            w for w, info in sorted(workers.items()) if info.pool == pool for _ in range(info.slots)
+        ]
+        steps = [(job, step) for job, step, p in active if p == pool]
+        if not steps:
+            continue
+        base, extra = divmod(len(units), len(steps))
+        at = 0
+        for index, (job, step) in enumerate(steps):
+            count = base + (1 if index < extra else 0)
+            mine: dict[str, int] = {}
+            for worker in units[at : at + count]:
+                mine[worker] = mine.get(worker, 0) + 1
+            at += count
+            for worker, slots in mine.items():
+                plan[worker].append({"job": job, "step": step, "slots": slots})
+    return plan

@@ -19,6 +19,16 @@ override them).
 | GRISTMILL_HTTP_HOST      | 127.0.0.1                     | the coordinator's HTTP API listens on|
 | GRISTMILL_HTTP_PORT      | 0 (any free port; `up` picks) | ... and on this port                 |
 | GRISTMILL_TRACING        | 1                             | trace jobs (OpenTelemetry)           |
+| GRISTMILL_DRAIN_S        | 10                            | a stopping worker's runs may end in  |
+| GRISTMILL_MIN_WORKERS    | none (the pool keeps its size)| fewest CPU workers (autoscaling)     |
+| GRISTMILL_MAX_WORKERS    | none (the pool keeps its size)| most CPU workers (autoscaling)       |
+| GRISTMILL_GPU_MIN_WORKERS| none                          | fewest GPU workers                   |
+| GRISTMILL_GPU_MAX_WORKERS| none                          | most GPU workers                     |
+| GRISTMILL_WORKER_SLOTS   | 2                             | slots of each CPU worker             |
+| GRISTMILL_SCALE_DOWN_AFTER_S | 30                        | demand low this long: shrink a pool  |
+| GRISTMILL_SCALE_GRACE_S  | 30                            | a worker just ready is kept this long|
+| GRISTMILL_SCALER         | none                          | carry decisions out: ray, kubernetes |
+| GRISTMILL_STEP_SPLIT     | shared                        | `even`: static split (a baseline)    |
 
 OTLP export uses OpenTelemetry's own variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...).
 """
@@ -59,7 +69,7 @@ def _flag(value: str) -> bool:
     raise GristmillError(f"GRISTMILL_TRUST_CODE must be 1 or 0, got {value!r}")
 
 
-def _number(name: str, default: float) -> float:
+def _number(name: str, default: float, zero: bool = False) -> float:
     raw = os.environ.get(name, "")
     if not raw:
         return default
@@ -67,9 +77,42 @@ def _number(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise GristmillError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not zero):
         raise GristmillError(f"{name} must be above 0, got {raw!r}")
     return value
+
+
+_POOL_PREFIX = {"cpu": "", "gpu": "GPU_"}
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, "") or choices[0]
+    if raw not in choices:
+        raise GristmillError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _pool_bounds() -> tuple[tuple[str, int, int], ...]:
+    """The pools given autoscaling bounds (`GRISTMILL_[GPU_]MIN_WORKERS`, `..._MAX_WORKERS`)."""
+    bounds = []
+    for pool, prefix in _POOL_PREFIX.items():
+        low_raw = os.environ.get(f"GRISTMILL_{prefix}MIN_WORKERS", "")
+        high_raw = os.environ.get(f"GRISTMILL_{prefix}MAX_WORKERS", "")
+        if not high_raw:
+            if low_raw:
+                raise GristmillError(
+                    f"GRISTMILL_{prefix}MIN_WORKERS needs GRISTMILL_{prefix}MAX_WORKERS too"
+                )
+            continue
+        low = int(_number(f"GRISTMILL_{prefix}MIN_WORKERS", 0, zero=True))
+        high = int(_number(f"GRISTMILL_{prefix}MAX_WORKERS", 1, zero=True))
+        if low > high:
+            raise GristmillError(
+                f"GRISTMILL_{prefix}MIN_WORKERS ({low}) is above GRISTMILL_{prefix}MAX_WORKERS "
+                f"({high})"
+            )
+        bounds.append((pool, low, high))
+    return tuple(bounds)
 
 
 def _port(raw: str) -> int:
@@ -102,6 +145,14 @@ class ServiceSettings:
     http_port: int = 0
     teams_config: TeamsConfig | None = None  # None: `teams` with the defaults
     credentials_dir: Path | None = None  # None: `<state dir>/credentials`
+    drain_s: float = 10.0
+    # Autoscaling bounds per pool (None: the pool is as large as it is; nothing scales it).
+    pool_bounds: tuple[tuple[str, int, int], ...] = ()
+    worker_slots: int = 2
+    scale_down_after_s: float = 30.0
+    scale_grace_s: float = 30.0
+    scaler: str = "none"
+    step_split: str = "shared"  # "even": the static baseline the autoscaling bench compares
 
     def __post_init__(self) -> None:
         if self.teams_config is None:
@@ -174,6 +225,13 @@ class ServiceSettings:
             idle_actor_s=_number("GRISTMILL_IDLE_ACTOR_S", 60.0),
             http_host=os.environ.get("GRISTMILL_HTTP_HOST", "127.0.0.1"),
             http_port=_port(os.environ.get("GRISTMILL_HTTP_PORT", "")),
+            drain_s=_number("GRISTMILL_DRAIN_S", 10.0),
+            pool_bounds=_pool_bounds(),
+            worker_slots=int(_number("GRISTMILL_WORKER_SLOTS", 2)),
+            scale_down_after_s=_number("GRISTMILL_SCALE_DOWN_AFTER_S", 30.0, zero=True),
+            scale_grace_s=_number("GRISTMILL_SCALE_GRACE_S", 30.0, zero=True),
+            scaler=os.environ.get("GRISTMILL_SCALER", "none") or "none",
+            step_split=_choice("GRISTMILL_STEP_SPLIT", ("shared", "even")),
         )
 
     def env(self) -> dict[str, str]:
@@ -192,6 +250,17 @@ class ServiceSettings:
             "GRISTMILL_HTTP_HOST": self.http_host,
             "GRISTMILL_HTTP_PORT": str(self.http_port),
             "GRISTMILL_CREDENTIALS_DIR": str(self.credentials),
+            "GRISTMILL_DRAIN_S": repr(self.drain_s),
+            "GRISTMILL_WORKER_SLOTS": str(self.worker_slots),
+            "GRISTMILL_SCALE_DOWN_AFTER_S": repr(self.scale_down_after_s),
+            "GRISTMILL_SCALE_GRACE_S": repr(self.scale_grace_s),
+            "GRISTMILL_SCALER": self.scaler,
+            "GRISTMILL_STEP_SPLIT": self.step_split,
+            **{
+                f"GRISTMILL_{_POOL_PREFIX[pool]}{edge}_WORKERS": str(value)
+                for pool, low, high in self.pool_bounds
+                for edge, value in (("MIN", low), ("MAX", high))
+            },
         }
 
 

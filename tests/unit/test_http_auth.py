@@ -78,6 +78,13 @@ class TeamViews:
     def workers(self, team: str) -> list[WorkerState]:
         return [WorkerState(worker=f"{team}-cpu-0", pool="cpu", slots=2, at=0.0)]
 
+    def scaling(self) -> dict[str, Any]:
+        decision = {"seq": 1, "at": 0.0, "workers": {"cpu": 2}, "slots": [], "reasons": []}
+        return {"autoscaled": {"cpu": [1, 2]}, "decisions": [decision]}
+
+    def desired_workers(self) -> dict[str, int]:
+        return {"cpu": 2}
+
 
 @dataclass(frozen=True)
 class Answer:

@@ -129,7 +129,16 @@ def test_series_have_their_documented_types():
         "gristmill_dead_letters": "gauge",
         "gristmill_workers": "gauge",
         "gristmill_worker_slots": "gauge",
+        "gristmill_desired_workers": "gauge",
     }
+
+
+def test_the_desired_workers_per_pool_are_the_last_decisions():
+    lines = list(render([], {"cpu": 3, "gpu": 1}).decode().splitlines())
+    assert [line for line in lines if not line.startswith("#")] == [
+        'gristmill_desired_workers{pool="cpu"} 3.0',
+        'gristmill_desired_workers{pool="gpu"} 1.0',
+    ]
 
 
 def test_no_teams_render_only_the_help_and_type_lines():

@@ -14,6 +14,8 @@ from gristmill.bus.messages import DataRef, JobSpec, Message, StepInfo
 from gristmill.bus.subjects import check_token
 
 __all__ = [
+    "DECISION_KEY",
+    "SCALING_BUCKET",
     "JobRecord",
     "archived_key",
     "assignment_key",
@@ -104,3 +106,9 @@ def msg_id(kind: str, job: str, step: int, key: str, attempt: int | str | None =
     window is dropped by the stream)."""
     tail = "" if attempt is None else f".{attempt}"
     return f"{kind}.{job}.{step}.{key}{tail}"
+
+
+# The service's own bucket (not a team's): the coordinator's scaling decision, which the
+# supervisor (or another scaler) carries out.
+SCALING_BUCKET = "gristmill_scaling"
+DECISION_KEY = "decision"
