@@ -303,6 +303,11 @@ class ServiceClient:
         query = RetryQuery(job=failure.job, step=failure.step, task_id=failure.task_id)
         _ok(await request(self.nc, self.team, "retry", query, timeout_s=30.0))
 
+    async def workers(self) -> dict[str, Any]:
+        """Every live worker (pool, slots, steps, state), the pools' autoscaling bounds and the
+        last scaling decisions with their reasons, newest first."""
+        return _ok(await request(self.nc, self.team, "workers", StatusQuery())).data
+
     async def why(self, job: str, doc_id: str) -> dict[str, Any]:
         """What became of document `doc_id` in `job`: the coordinator's answer from the
         job's drop records (stage, reason, score, threshold, task, trace id) or, for a kept

@@ -29,9 +29,11 @@ from pathlib import Path
 from types import TracebackType
 
 from gristmill import credentials as creds_
+from gristmill.bus import ScalingDecision
 from gristmill.config import SERVICE_FILE, ServiceSettings
 from gristmill.errors import GristmillError
 from gristmill.nats_server import EmbeddedNats
+from gristmill.process_scaling import DecisionFollower, reconcile
 from gristmill.teams import TeamsConfig
 
 __all__ = ["EmbeddedService"]
@@ -85,6 +87,10 @@ class EmbeddedService:
         idle_actor_s: float | None = None,
         restart_backoff_s: tuple[float, float] = (FIRST_BACKOFF_S, MAX_BACKOFF_S),
         teams_config: TeamsConfig | None = None,
+        bounds: dict[str, tuple[int, int]] | None = None,
+        scale_down_after_s: float | None = None,
+        scale_grace_s: float | None = None,
+        drain_s: float | None = None,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.teams_config = teams_config or TeamsConfig.of_names(teams)
@@ -109,9 +115,22 @@ class EmbeddedService:
             "stream_max_bytes": stream_max_bytes,
             "retention_s": retention_s,
             "idle_actor_s": idle_actor_s,
+            "scale_down_after_s": scale_down_after_s,
+            "scale_grace_s": scale_grace_s,
+            "drain_s": drain_s,
         }
+        # Pools the coordinator scales (pool -> (min, max) workers); others keep their size.
+        self.bounds = dict(bounds or {})
+        for pool, (low, high) in self.bounds.items():
+            if pool not in ("cpu", "gpu") or not 0 <= low <= high:
+                raise GristmillError(f"pool {pool!r}: need 0 <= min <= max, got {low}..{high}")
+        self._retiring: set[str] = set()  # workers told to drain: not started again
+        self._follower: DecisionFollower | None = None
+        self._decision: ScalingDecision | None = None  # the last one, matched every round
+        self.scaled: list[str] = []  # what scaling did, in order (tests and the log read it)
         self.nats: EmbeddedNats | None = None
         self.children: dict[str, _Child] = {}
+        self._used: dict[str, set[int]] = {}  # worker indices given out, per pool
         self._env: dict[str, str] = {}
         self._ray: contextlib.ExitStack | None = None
         self._lock = threading.RLock()
@@ -182,6 +201,8 @@ class EmbeddedService:
             http_port=http_port,
             teams_config=self.teams_config,
             credentials_dir=self.credentials_dir,
+            pool_bounds=tuple((pool, low, high) for pool, (low, high) in self.bounds.items()),
+            worker_slots=self.slots,
             **limits,  # type: ignore[arg-type]
         )
         self._ray = contextlib.ExitStack()
@@ -195,10 +216,12 @@ class EmbeddedService:
         }
         self._spawn("planner", ["services.planner"])
         self._spawn("coordinator", ["services.coordinator"])
-        for index in range(self.workers):
-            self.spawn_worker(f"cpu-{index}", "cpu", self.slots, wait=False)
-        for index in range(self.gpu_workers):
-            self.spawn_worker(f"gpu-{index}", "gpu", 1, wait=False)
+        counts = {"cpu": self.workers, "gpu": self.gpu_workers}
+        for pool, (low, _) in self.bounds.items():
+            counts[pool] = low  # an autoscaled pool starts at its minimum
+        for pool, count in counts.items():
+            for _ in range(count):
+                self.spawn_worker(self._next_name(pool), pool, wait=False)
         asyncio.run(self._wait_ready([n for n in self.children if _is_worker(n)]))
         record = {
             "nats_url": url,
@@ -213,16 +236,83 @@ class EmbeddedService:
         if self.supervise:
             self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
             self._watcher.start()
+        if self.bounds:
+            self._follower = DecisionFollower(url, self.service_credentials(), self.scale)
+            self._follower.start()
 
     def spawn_worker(
         self, name: str, pool: str = "cpu", slots: int | None = None, wait: bool = True
     ) -> None:
         """Start a worker process whose id (and process name) is `name`; with `wait`, return
         once it has joined."""
-        args = ["services.worker", "--pool", pool, "--slots", str(slots or self.slots)]
+        slots = slots or (self.slots if pool == "cpu" else 1)
+        args = ["services.worker", "--pool", pool, "--slots", str(slots)]
         self._spawn(name, [*args, "--id", name])
         if wait:
             asyncio.run(self._wait_ready([name]))
+
+    def _next_name(self, pool: str) -> str:
+        """A worker name of `pool` not used before in this service (`cpu-0`, `cpu-1`, ...)."""
+        with self._lock:
+            taken = {int(n.split("-", 1)[1]) for n in self.children if n.startswith(f"{pool}-")}
+            used = taken | self._used.get(pool, set())
+            index = max(used, default=-1) + 1
+            self._used.setdefault(pool, set()).add(index)
+            return f"{pool}-{index}"
+
+    # -- scaling -----------------------------------------------------------------------------
+
+    def scale(self, decision: ScalingDecision) -> None:
+        """Carry out a scaling decision: start the workers it wants more of, drain and stop the
+        ones it names (see `gristmill.process_scaling`)."""
+        with self._lock:
+            self._decision = decision
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Match the workers to the last decision (each watch round: a worker that drained
+        while the decision stayed the same is replaced, if the decision wants it)."""
+        decision = self._decision
+        with self._lock:
+            if self._stopping.is_set() or decision is None:
+                return
+            running: dict[str, list[str]] = {}
+            for name, _child in self.children.items():
+                if _is_worker(name) and name not in self._retiring:
+                    running.setdefault(name.split("-", 1)[0], []).append(name)
+            plan = reconcile(running, decision, self.bounds)
+            for name in plan.stop:
+                self._retiring.add(name)
+                process = self.children[name].process
+                if process is not None and process.poll() is None:
+                    process.send_signal(signal.SIGTERM)  # it drains, then exits
+                self._note(f"draining {name} (scaling decision {decision.seq})")
+            for pool, count in plan.start.items():
+                for _ in range(count):
+                    name = self._next_name(pool)
+                    self.spawn_worker(name, pool, wait=False)
+                    self._note(f"started {name} (scaling decision {decision.seq})")
+
+    def _note(self, line: str) -> None:
+        self.scaled.append(line)
+        log.info("supervisor: %s", line)
+        with (
+            contextlib.suppress(OSError),
+            (self.state_dir / "logs" / "supervisor.log").open("a") as out,
+        ):
+            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def workers_running(self, pool: str = "cpu") -> list[str]:
+        """The pool's worker processes alive and not draining, by name."""
+        with self._lock:
+            return sorted(
+                name
+                for name, child in self.children.items()
+                if name.startswith(f"{pool}-")
+                and name not in self._retiring
+                and child.process is not None
+                and child.process.poll() is None
+            )
 
     def _spawn(self, name: str, args: list[str]) -> None:
         with self._lock:
@@ -262,15 +352,23 @@ class EmbeddedService:
                 log.exception("supervisor: a round of watching failed")
 
     def _watch_once(self) -> None:
+        self._reconcile()
         now = time.monotonic()
         if self.nats is not None and not self.nats.running:
             self._say("nats-server exited; starting it again on the same port and store")
             self.nats.start()
         with self._lock:
-            for name, child in self.children.items():
+            for name, child in list(self.children.items()):
                 if self._stopping.is_set():
                     return
                 process = child.process
+                if name in self._retiring:  # drained by a scaling decision: not started again
+                    if process is None or process.poll() is not None:
+                        status = process.returncode if process is not None else "?"
+                        del self.children[name]
+                        self._retiring.discard(name)
+                        self._note(f"{name} drained and exited with status {status}")
+                    continue
                 if process is not None and process.poll() is None:
                     if now - child.started_at > STABLE_S:
                         child.backoff_s = self.first_backoff_s
@@ -415,6 +513,9 @@ class EmbeddedService:
     def stop(self) -> None:
         """Stop every child (workers first), NATS and Ray; remove service.json."""
         self._stopping.set()
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
         if self._watcher is not None:
             self._watcher.join()
             self._watcher = None

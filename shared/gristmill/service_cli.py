@@ -23,7 +23,7 @@ from gristmill.teams import TeamsConfig
 
 __all__ = ["add_commands", "describe_fate", "run_command"]
 
-COMMANDS = ("up", "down", "submit", "status", "dlq", "gc", "run", "trace")
+COMMANDS = ("up", "down", "submit", "status", "workers", "dlq", "gc", "run", "trace")
 
 
 def add_commands(commands: Any) -> None:
@@ -41,6 +41,11 @@ def add_commands(commands: Any) -> None:
     status = commands.add_parser("status", help="where jobs stand")
     status.add_argument("job", nargs="?", help="one job (default: all)")
     _client_flags(status)
+    workers = commands.add_parser(
+        "workers", help="each worker (pool, slots, steps, state) and the last scaling decisions"
+    )
+    workers.add_argument("--json", action="store_true", help="print the answer as JSON")
+    _client_flags(workers)
     dlq = commands.add_parser("dlq", help="dead letters: tasks that failed their last attempt")
     dlq.add_argument("action", choices=("list", "show", "retry"))
     dlq.add_argument("job", nargs="?", help="only this job's (show/retry: required)")
@@ -91,6 +96,14 @@ def _service_flags(parser: argparse.ArgumentParser, with_state: bool = True) -> 
     parser.add_argument("--workers", type=int, default=1, help="CPU workers (default 1)")
     parser.add_argument("--gpu-workers", type=int, default=0, help="GPU workers (default 0)")
     parser.add_argument("--slots", type=int, default=2, help="tasks each CPU worker runs at once")
+    scaling = parser.add_argument_group(
+        "autoscaling", "bounds of a pool the coordinator scales by measured throughput"
+    )
+    for prefix, pool in (("", "CPU"), ("gpu-", "GPU")):
+        scaling.add_argument(
+            f"--{prefix}min-workers", type=int, help=f"fewest {pool} workers (0: scale to zero)"
+        )
+        scaling.add_argument(f"--{prefix}max-workers", type=int, help=f"most {pool} workers")
     parser.add_argument(
         "--registered-only", action="store_true", help="refuse jobs that bring their own code"
     )
@@ -157,6 +170,10 @@ def _up(args: argparse.Namespace) -> int:
         stream_max_bytes=settings.stream_max_bytes,
         retention_s=settings.retention_s,
         idle_actor_s=settings.idle_actor_s,
+        bounds=_bounds(args, settings),
+        scale_down_after_s=settings.scale_down_after_s,
+        scale_grace_s=settings.scale_grace_s,
+        drain_s=settings.drain_s,
     )
     service.start()
     stop = _StopSignal()  # after start: starting Ray installs handlers of its own
@@ -169,6 +186,25 @@ def _up(args: argparse.Namespace) -> int:
         service.stop()
     print("gristmill service stopped")
     return 0
+
+
+def _bounds(args: argparse.Namespace, settings: ServiceSettings) -> dict[str, tuple[int, int]]:
+    """The pools to autoscale, from the flags (else `GRISTMILL_[GPU_]MIN/MAX_WORKERS`)."""
+    bounds = {pool: (low, high) for pool, low, high in settings.pool_bounds}
+    for pool, prefix in (("cpu", ""), ("gpu", "gpu_")):
+        low, high = getattr(args, f"{prefix}min_workers"), getattr(args, f"{prefix}max_workers")
+        flag = f"--{prefix.replace('_', '-')}"
+        if low is None and high is None:
+            continue
+        if high is None:
+            raise GristmillError(f"{flag}min-workers needs {flag}max-workers too")
+        low = 0 if low is None and pool == "gpu" else 1 if low is None else low
+        if not 0 <= low <= high:
+            raise GristmillError(
+                f"{flag}min-workers ({low}) must be between 0 and {flag}max-workers ({high})"
+            )
+        bounds[pool] = (low, high)
+    return bounds
 
 
 def _say_credentials(service: Any) -> None:
@@ -218,6 +254,9 @@ def _up_detached(args: argparse.Namespace) -> int:
     ]
     if args.registered_only:
         command.append("--registered-only")
+    for flag in ("min_workers", "max_workers", "gpu_min_workers", "gpu_max_workers"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.teams_file:
         command += ["--teams-file", str(Path(args.teams_file).resolve())]
     elif args.teams:
@@ -320,6 +359,8 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _status(client, args.job)
         if args.command == "trace":
             return await _trace(client, args)
+        if args.command == "workers":
+            return await _workers(client, args.json)
         if args.command == "why":
             print(describe_fate(args.doc_id, await client.why(args.job, args.doc_id)))
             return 0
@@ -431,6 +472,48 @@ def describe_fate(doc_id: str, fate: dict[str, Any]) -> str:
         detail.append(f"duplicate of {fate['duplicate_of']}")
     extra = f" ({', '.join(detail)})" if detail else ""
     return f"{doc_id}: dropped by stage '{fate['stage']}': {fate['reason']}{extra}{where}"
+
+
+async def _workers(client: ServiceClient, as_json: bool) -> int:
+    answer = await client.workers()
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    print(describe_workers(answer))
+    return 0
+
+
+def describe_workers(answer: dict[str, Any], decisions: int = 5) -> str:
+    """`gristmill workers` as text: a line per worker, then the last decisions and reasons."""
+    now = time.time()
+    lines = [f"{'worker':<24} {'pool':<4} {'slots':>5} {'busy':>4}  {'state':<9} steps"]
+    for w in answer.get("workers", []):
+        state = w.get("status", "ready")
+        if state == "ready" and w.get("setting_up"):
+            state = "setting up"
+        steps = ", ".join(w.get("steps", [])) or "-"
+        lines.append(
+            f"{w['worker']:<24} {w['pool']:<4} {w['slots']:>5} {w.get('running', 0):>4}  "
+            f"{state:<9} {steps}"
+        )
+    if len(lines) == 1:
+        lines.append("(no live workers)")
+    bounds = answer.get("autoscaled") or {}
+    if bounds:
+        lines.append(
+            "autoscaled: "
+            + ", ".join(f"{pool} {low}..{high} workers" for pool, (low, high) in bounds.items())
+        )
+    else:
+        lines.append("autoscaling: off (pools keep their size; `up --max-workers N` turns it on)")
+    for decision in answer.get("decisions", [])[:decisions]:
+        wanted = ", ".join(f"{pool} {n}" for pool, n in sorted(decision["workers"].items()))
+        lines.append(f"decision {decision['seq']} ({now - decision['at']:.0f} s ago): {wanted}")
+        slots = [f"{s['job']}/{s['step']}: {s['slots']}" for s in decision.get("slots", [])]
+        if slots:
+            lines.append(f"  slots  {', '.join(slots)}")
+        lines += [f"  why    {reason}" for reason in decision.get("reasons", [])]
+    return "\n".join(lines)
 
 
 async def _trace(client: ServiceClient, args: argparse.Namespace) -> int:
