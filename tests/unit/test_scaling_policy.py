@@ -305,3 +305,42 @@ def test_slots_are_placed_on_as_few_workers_as_they_fill_and_stay_where_they_wer
     # More slots planned than the workers have: what fits is placed.
     assert place({a: 10}, {"w0": 2}) == {"w0": {a: 2}}
     assert place({a: 1}, {}) == {}
+
+
+def test_at_scale_a_new_teams_job_gets_its_share_within_a_few_dozen_cycles():
+    # 1,000 workers of 4 slots all held by beta's job; alpha's job arrives, weights 3:1.
+    pools = {"cpu": PoolLimits("cpu", min=1000, max=1000, slots_per_worker=4)}
+    steps = lambda backlogs: tuple(  # noqa: E731
+        StepLoad(i, "cpu", b, s) for i, (b, s) in enumerate(zip(backlogs, (1.0, 10.0, 1.0)))
+    )
+    beta = JobLoad("beta", "b", steps((10_000, 8_000, 5_000)))
+    alpha = JobLoad("alpha", "a", steps((20_000, 0, 0)))
+    memory = Memory(slots={("beta", "b", 0): 300, ("beta", "b", 1): 3400, ("beta", "b", 2): 300})
+    workers = ready(1000, slots=4, running=4, ready_for_s=300.0)
+    weights = {"alpha": 3.0, "beta": 1.0}
+    for _ in range(40):
+        decision, memory = decide([alpha, beta], workers, pools, weights, memory, 0.0)
+    alpha_slots = sum(n for (team, _, _), n in decision.slots.items() if team == "alpha")
+    assert alpha_slots >= 2_500  # of the 3,000 its weight gives it (one slot a cycle: 43)
+
+
+def test_a_step_keeps_the_slots_it_holds_and_uses_idle_workers_despite_a_long_set_up():
+    # 173 workers of 3 slots, one step with a 60 s set-up and 10,000 tasks of 2 s each: a new
+    # worker is worth 20,000 s / 65 s, but the slots it holds (actors set up) stay, and the
+    # idle workers already there are worth their set-up only.
+    pools = {"cpu": PoolLimits("cpu", min=0, max=200, slots_per_worker=3)}
+    job = JobLoad("t", "j", (StepLoad(0, "cpu", 10_000, 2.0, setup_s=60.0),))
+    workers = ready(173, slots=3, running=3)
+    memory = Memory(slots={("t", "j", 0): 519})
+    decision, _ = decide([job], workers, pools, {}, memory, 0.0)
+    assert decision.slots == {("t", "j", 0): 519}
+    assert decision.workers == {"cpu": 173}
+
+
+def test_thousands_of_equal_gpu_fractions_pack_by_count():
+    # A GPU step asks for thousands of slots of one shape: they fill the GPUs opened for
+    # larger fractions first, then four to a GPU.
+    bins = pack_gpus([0.25] * 20_000 + [0.5] * 3 + [1.0])
+    assert len(bins) == 1 + 2 + 5_000
+    assert bins[:3] == [[1.0], [0.5, 0.5], [0.5, 0.25, 0.25]]
+    assert [len(b) for b in bins[3:]] == [4] * 4_999 + [2]

@@ -59,7 +59,8 @@ class Knobs:
     grace_s: float = 30.0  # a worker just ready is not removed for this long
     scale_down_after_s: float = 30.0  # demand below the pool's size this long: shrink
     max_down_fraction: float = 0.25  # a pool loses at most this part of its workers a cycle
-    rebalance_step: int = 1  # a step with work gives up at most this many slots a cycle
+    # A step with work gives up at most this part of its slots a cycle (at least one).
+    rebalance_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0 < self.max_down_fraction <= 1:
@@ -67,8 +68,10 @@ class Knobs:
         for name in ("worker_start_s", "grace_s", "scale_down_after_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if self.rebalance_step < 1:
-            raise ValueError(f"rebalance_step must be >= 1, not {self.rebalance_step}")
+        if not 0 < self.rebalance_fraction <= 1:
+            raise ValueError(
+                f"rebalance_fraction must be in (0, 1], not {self.rebalance_fraction}"
+            )
 
 
 @dataclass(frozen=True)
@@ -207,15 +210,31 @@ def _integers(shares: Mapping[StepKey, float], total: int) -> dict[StepKey, int]
 
 def pack_gpus(fractions: Iterable[float]) -> list[list[float]]:
     """GPUs for slots taking these fractions of one (0 or >= 1: a whole GPU each), first fit
-    decreasing: fractions share a GPU before another is opened."""
+    decreasing: fractions share a GPU before another is opened. Equal fractions are placed
+    together (a GPU step asks for thousands of slots of one shape)."""
+    counts: dict[float, int] = {}
+    for f in fractions:
+        fraction = min(1.0, f) if f > 0 else 1.0
+        counts[fraction] = counts.get(fraction, 0) + 1
     bins: list[list[float]] = []
-    for fraction in sorted((min(1.0, f) if f > 0 else 1.0 for f in fractions), reverse=True):
-        for gpu in bins:
-            if sum(gpu) + fraction <= 1.0 + 1e-9:
-                gpu.append(fraction)
+    used: list[float] = []
+    for fraction in sorted(counts, reverse=True):
+        left = counts[fraction]
+        for index, fill in enumerate(used):  # first fit: what fits on the GPUs open
+            if not left:
                 break
-        else:
-            bins.append([fraction])
+            room = int((1.0 - fill + 1e-9) // fraction)
+            take = min(room, left)
+            if take:
+                bins[index] += [fraction] * take
+                used[index] += take * fraction
+                left -= take
+        per_gpu = max(1, int((1.0 + 1e-9) // fraction))
+        while left:
+            take = min(per_gpu, left)
+            bins.append([fraction] * take)
+            used.append(take * fraction)
+            left -= take
     return bins
 
 
@@ -225,7 +244,8 @@ class _Step:
     pool: str
     tasks: float  # expected tasks: its backlog and what upstream still holds for it
     work: float  # slot-seconds left (tasks x seconds per task); for unmeasured steps, tasks
-    want: int  # slots it could use
+    want: int  # slots worth having (the pool grows for these)
+    use: int  # slots it can use where they are free already (it is shared these)
     gpus: float
     backlog: int  # its own tasks, queued or running
 
@@ -243,15 +263,19 @@ def _steps(job: JobLoad, memory: Memory, knobs: Knobs) -> list[_Step]:
         # Slots it can use now: one per task it holds (one, if its tasks are still upstream).
         usable = max(1, math.ceil(load.backlog))
         seconds = load.seconds_per_task
+        held = memory.slots.get(key, 0)  # its actors are set up: keeping them costs nothing
         if seconds is None:  # unmeasured: one slot more than it asked for last cycle
-            want = min(usable, memory.wants.get(key, 0) + 1)
+            want = use = min(usable, memory.wants.get(key, 0) + 1)
             work = tasks
         else:
             work = tasks * max(seconds, 1e-6)
-            start = knobs.worker_start_s + load.setup_s
-            worth = math.ceil(work / max(start, seconds, 1e-6))
-            want = max(1, min(usable, worth))
-        out.append(_Step(key, load.pool, tasks, work, want, load.gpus, load.backlog))
+            # A slot on a new worker is worth a worker's start and the set-up; one on a worker
+            # that is there already, the set-up only.
+            new = math.ceil(work / max(knobs.worker_start_s + load.setup_s, seconds, 1e-6))
+            there = math.ceil(work / max(load.setup_s, seconds, 1e-6))
+            want = max(1, min(usable, max(new, held)))
+            use = max(1, min(usable, max(there, held)))
+        out.append(_Step(key, load.pool, tasks, work, want, use, load.gpus, load.backlog))
     return out
 
 
@@ -274,7 +298,7 @@ def _share_pool(
     by_team: dict[str, list[_Step]] = {}
     for step in steps:
         by_team.setdefault(step.key[0], []).append(step)
-    team_demand = {t: sum(s.want * _cost(s, limits) for s in mine) for t, mine in by_team.items()}
+    team_demand = {t: sum(s.use * _cost(s, limits) for s in mine) for t, mine in by_team.items()}
     team_share = water_fill(capacity, team_demand, weights)
     shares: dict[StepKey, float] = {}
     for team, mine in by_team.items():
@@ -284,11 +308,11 @@ def _share_pool(
             by_job.setdefault(step.key[1], []).append(step)
         for priority in sorted({jobs[team, j].priority for j in by_job}, reverse=True):
             level = {j: s for j, s in by_job.items() if jobs[team, j].priority == priority}
-            demand = {j: sum(s.want * _cost(s, limits) for s in st) for j, st in level.items()}
+            demand = {j: sum(s.use * _cost(s, limits) for s in st) for j, st in level.items()}
             job_share = water_fill(left, demand, {})
             left -= sum(job_share.values())
             for j, st in level.items():
-                asks = {str(s.key[2]): s.want * _cost(s, limits) for s in st}
+                asks = {str(s.key[2]): s.use * _cost(s, limits) for s in st}
                 work = {str(s.key[2]): s.work * _cost(s, limits) for s in st}
                 step_share = water_fill(job_share[j], asks, work)
                 for s in st:
@@ -323,8 +347,9 @@ def decide(
         slots.update(_slots_now(mine, ready, by_key, weights, limits, memory, knobs))
         wanted = sum(s.want for s in mine)
         need = _workers_for({s.key: s.want for s in mine}, mine, limits)
-        if limits.gpu:
-            gpus_out[name] = len(pack_gpus(_cost(s, limits) for s in mine for _ in range(s.want)))
+        if limits.gpu:  # what the demand packs into, as far as the pool's max holds
+            packed = len(pack_gpus(_cost(s, limits) for s in mine for _ in range(s.want)))
+            gpus_out[name] = min(packed, math.floor(limits.max * limits.gpus_per_worker))
         target = max(limits.min, min(limits.max, need))
         # The pool's size: its members, or what the last decision wanted where that is more
         # (workers still starting beat for no one yet). Wanting less is shrinking.
@@ -403,14 +428,14 @@ def _slots_now(
         if _fits({**first, step.key: 1}, steps, limits, capacity):
             first[step.key] = 1
     rest = capacity - sum(_cost(s, limits) * first.get(s.key, 0) for s in steps)
-    firsts = [replace(s, want=s.want - first.get(s.key, 0)) for s in steps]
-    shares = _share_pool(rest, [s for s in firsts if s.want > 0], jobs, weights, limits)
+    firsts = [replace(s, use=s.use - first.get(s.key, 0)) for s in steps]
+    shares = _share_pool(rest, [s for s in firsts if s.use > 0], jobs, weights, limits)
     shares = {s.key: shares.get(s.key, 0.0) + first.get(s.key, 0) for s in steps}
     whole = {k: math.floor(v + 1e-9) for k, v in shares.items()}
     # What is left after the whole slots goes by largest remainder, where it still fits.
     for key in sorted(shares, key=lambda k: (-(shares[k] - whole[k]), k)):
         step = next(s for s in steps if s.key == key)
-        if whole[key] < step.want and _fits(
+        if whole[key] < step.use and _fits(
             {**whole, key: whole[key] + 1}, steps, limits, capacity
         ):
             whole[key] += 1
@@ -457,14 +482,16 @@ def _workers_for(
 def _eased(
     counts: Mapping[StepKey, int], steps: list[_Step], memory: Memory, knobs: Knobs
 ) -> dict[StepKey, int]:
-    """A step that still has tasks gives up at most `rebalance_step` slots a cycle (a slot
-    moved sets up an actor elsewhere); one that has fewer tasks than slots gives the rest up."""
+    """A step that still has tasks gives up at most `rebalance_fraction` of its slots a cycle
+    (at least one; a slot moved sets up an actor elsewhere, and measurements of a few tasks
+    are noisy); one that has fewer tasks than slots gives the rest up at once."""
     out = dict(counts)
     for step in steps:
         before = memory.slots.get(step.key, 0)
         count = out.get(step.key, 0)
         if count < before:
-            out[step.key] = max(count, min(before - knobs.rebalance_step, math.ceil(step.tasks)))
+            most = max(1, math.floor(before * knobs.rebalance_fraction))
+            out[step.key] = max(count, min(before - most, math.ceil(step.tasks)))
     return out
 
 
