@@ -32,6 +32,7 @@ from gristmill.bus import (
     MessageError,
     RetryQuery,
     StatusQuery,
+    SupervisedWorkers,
     TaskFailed,
     TaskRetried,
     TasksDone,
@@ -43,6 +44,7 @@ from gristmill.bus.broker import service_broker
 from gristmill.bus.client import Publisher, kv_keys
 from gristmill.bus.jobs import (
     DECISION_KEY,
+    PROCESSES_KEY,
     SCALING_BUCKET,
     archived_key,
     assignment_key,
@@ -450,7 +452,8 @@ class CoordinatorService:
             await asyncio.sleep(SCALE_EVERY_S)
             if not self._all_caught_up():
                 continue  # half a replay is no measure of the backlog
-            decision = self.scaling.run(self.jobs, self.all_workers())
+            starting = await self._supervised()
+            decision = self.scaling.run(self.jobs, self.all_workers(), starting=starting)
             self._wake.set()  # the autoscaled pools' placement may have changed
             if decision is None:
                 continue
@@ -462,6 +465,18 @@ class CoordinatorService:
                     await asyncio.to_thread(self._scaler.apply, self.scaling.decision)
                 except Exception:  # the next changed decision is tried again
                     log.exception("scaling: the %s scaler failed", self._scaler.name)
+
+    async def _supervised(self) -> dict[str, str]:
+        """The worker processes the embedded supervisor says it runs (name -> pool); nothing
+        where no supervisor reports, or its report is stale."""
+        try:
+            entry = await self._scaling_kv.get(PROCESSES_KEY)
+            report = SupervisedWorkers.from_json(entry.value)
+        except Exception:  # no supervisor (Kubernetes, Ray), or nothing written yet
+            return {}
+        if time.time() - report.at > WORKER_TIMEOUT_S * 6:
+            return {}
+        return dict(report.workers)
 
     def all_workers(self) -> dict[str, WorkerState]:
         """Every live worker, by id (a worker beats into each team's bucket: the newest beat)."""
@@ -553,8 +568,19 @@ class CoordinatorService:
     def workers_view(self) -> dict[str, Any]:
         """Each live worker (pool, slots, steps, state) and the last scaling decisions."""
         workers = sorted(self.all_workers().values(), key=lambda w: w.worker)
+        starting = [
+            {
+                "worker": name,
+                "pool": pool,
+                "slots": 0,
+                "running": 0,
+                "status": "starting",
+                "steps": [],
+            }
+            for name, pool in sorted(self.scaling.starting.items())
+        ]
         return {
-            "workers": [w.model_dump(mode="json", by_alias=True) for w in workers],
+            "workers": [w.model_dump(mode="json", by_alias=True) for w in workers] + starting,
             **self.scaling.view(),
         }
 

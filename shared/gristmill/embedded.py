@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from gristmill import credentials as creds_
-from gristmill.bus import ScalingDecision
+from gristmill.bus import ScalingDecision, SupervisedWorkers
 from gristmill.config import SERVICE_FILE, ServiceSettings
 from gristmill.errors import GristmillError
 from gristmill.nats_server import EmbeddedNats
@@ -44,6 +44,7 @@ WATCH_EVERY_S = 0.2
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 STABLE_S = 60.0
+REPORT_EVERY_S = 5.0
 
 
 @dataclass
@@ -127,6 +128,7 @@ class EmbeddedService:
         self._retiring: set[str] = set()  # workers told to drain: not started again
         self._follower: DecisionFollower | None = None
         self._decision: ScalingDecision | None = None  # the last one, matched every round
+        self._reported: tuple[dict[str, str], float] = ({}, 0.0)  # workers told, and when
         self.scaled: list[str] = []  # what scaling did, in order (tests and the log read it)
         self.nats: EmbeddedNats | None = None
         self.children: dict[str, _Child] = {}
@@ -293,6 +295,27 @@ class EmbeddedService:
                     self.spawn_worker(name, pool, wait=False)
                     self._note(f"started {name} (scaling decision {decision.seq})")
 
+    def _report_workers(self) -> None:
+        """Tell the coordinator which worker processes run (it shows those not beating yet as
+        starting), when that changed or every `REPORT_EVERY_S`."""
+        if self._follower is None:
+            return
+        with self._lock:
+            alive = {
+                name: name.split("-", 1)[0]
+                for name, child in self.children.items()
+                if _is_worker(name)
+                and name not in self._retiring
+                and child.process is not None
+                and child.process.poll() is None
+            }
+        now = time.time()
+        if alive == self._reported[0] and now - self._reported[1] < REPORT_EVERY_S:
+            return
+        self._reported = (alive, now)
+        report = SupervisedWorkers(supervisor=str(os.getpid()), at=now, workers=alive)
+        self._follower.report(report)
+
     def _note(self, line: str) -> None:
         self.scaled.append(line)
         log.info("supervisor: %s", line)
@@ -353,6 +376,7 @@ class EmbeddedService:
 
     def _watch_once(self) -> None:
         self._reconcile()
+        self._report_workers()
         now = time.monotonic()
         if self.nats is not None and not self.nats.running:
             self._say("nats-server exited; starting it again on the same port and store")

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gristmill.bus import MessageError, ScalingDecision
-from gristmill.bus.jobs import DECISION_KEY, SCALING_BUCKET
+from gristmill.bus import MessageError, ScalingDecision, SupervisedWorkers
+from gristmill.bus.jobs import DECISION_KEY, PROCESSES_KEY, SCALING_BUCKET
 from gristmill.credentials import Credentials
 
 __all__ = ["DecisionFollower", "Reconciled", "reconcile"]
@@ -74,6 +74,24 @@ class DecisionFollower:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scaling", daemon=True)
         self._seen: tuple[int, float] = (-1, 0.0)
+        self._report: SupervisedWorkers | None = None  # to write, newest only
+        self._report_lock = threading.Lock()
+
+    def report(self, workers: SupervisedWorkers) -> None:
+        """Write what the supervisor runs to the scaling bucket (soon, from the follower's
+        thread), so the coordinator knows the workers still starting."""
+        with self._report_lock:
+            self._report = workers
+
+    async def _write_report(self, kv: object) -> None:
+        with self._report_lock:
+            report, self._report = self._report, None
+        if report is not None:
+            try:
+                await kv.put(PROCESSES_KEY, report.to_json())  # type: ignore[attr-defined]
+            except Exception:
+                self.report(report)  # tried again on the next round
+                raise
 
     def start(self) -> DecisionFollower:
         """Start following."""
@@ -109,6 +127,7 @@ class DecisionFollower:
                 return
             watcher = await kv.watch(DECISION_KEY)
             while not self._stopping.is_set():
+                await self._write_report(kv)
                 try:
                     entry = await watcher.updates(timeout=0.5)  # type: ignore[no-untyped-call]
                 except TimeoutError:  # nats' own is one too

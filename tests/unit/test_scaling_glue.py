@@ -14,7 +14,7 @@ from gristmill.bus import StepInfo, WorkerState
 from gristmill.config import ServiceSettings
 from gristmill.errors import GristmillError
 from gristmill.service_cli import _bounds, describe_workers
-from services.coordinator.scaling.cycle import ScalingCycle, job_loads
+from services.coordinator.scaling.cycle import ScalingCycle, job_loads, worker_loads
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots, even_split
 from services.worker.fairshare import Draining, FairSlots
 
@@ -217,3 +217,16 @@ def test_gristmill_workers_shows_each_worker_and_the_reasons():
         "  slots  j/1: 3",
         "  why    cpu: 3 -> 2 workers (demand needs 1): draining cpu-1",
     ]
+
+
+def test_a_worker_the_supervisor_runs_that_does_not_beat_yet_is_starting(tmp_path):
+    cycle = ScalingCycle(settings(tmp_path, pool_bounds=(("cpu", 1, 3),)))
+    beats = {"cpu-0": beat("cpu-0")}
+    cycle.run({"web": {}}, beats, now=100.0, starting={"cpu-0": "cpu", "cpu-1": "cpu"})
+    assert cycle.starting == {"cpu-1": "cpu"}
+    loads = worker_loads(beats, 100.0, {"cpu-0": "cpu", "cpu-1": "cpu"})
+    assert [(w.worker, w.status) for w in loads] == [("cpu-1", "starting"), ("cpu-0", "ready")]
+    # Starting, it counts toward the pool's size (and is never removed), but offers no slot.
+    assert cycle.decision is not None
+    assert cycle.decision.remove == {}
+    assert "holding 2 workers (1 would do)" in cycle.decision.reasons[0]

@@ -55,9 +55,17 @@ def job_loads(jobs: Mapping[str, Mapping[str, JobTracker]]) -> list[JobLoad]:
     return loads
 
 
-def worker_loads(beats: Mapping[str, WorkerState], now: float) -> list[WorkerLoad]:
-    """The live workers (one beat each, whichever team's bucket it came from)."""
-    return [
+def worker_loads(
+    beats: Mapping[str, WorkerState], now: float, starting: Mapping[str, str] | None = None
+) -> list[WorkerLoad]:
+    """The live workers (one beat each, whichever team's bucket it came from), and those a
+    supervisor runs that do not beat yet (`starting`: name -> pool)."""
+    early = [
+        WorkerLoad(worker=name, pool=pool, slots=1, status="starting")
+        for name, pool in sorted((starting or {}).items())
+        if name not in beats
+    ]
+    return early + [
         WorkerLoad(
             worker=beat.worker,
             pool=beat.pool,
@@ -110,6 +118,7 @@ class ScalingCycle:
         self.seq = 0
         self.history: deque[ScalingDecision] = deque(maxlen=DECISIONS_KEPT)
         self.placement: Placement = {}  # the autoscaled pools' slots, worker by worker
+        self.starting: dict[str, str] = {}  # workers started that do not beat yet -> pool
 
     def assigned(self, worker: str, team: str) -> list[dict[str, Any]]:
         """What a worker of an autoscaled pool pulls for `team`: its placed slots per step."""
@@ -136,10 +145,13 @@ class ScalingCycle:
         jobs: Mapping[str, Mapping[str, JobTracker]],
         beats: Mapping[str, WorkerState],
         now: float | None = None,
+        starting: Mapping[str, str] | None = None,
     ) -> ScalingDecision | None:
-        """One cycle; returns the decision when it changed something (else None)."""
+        """One cycle; returns the decision when it changed something (else None). `starting`
+        are the workers a supervisor runs (name -> pool); those not beating yet are starting."""
         now = time.time() if now is None else now
-        workers = worker_loads(beats, now)
+        self.starting = {n: p for n, p in (starting or {}).items() if n not in beats}
+        workers = worker_loads(beats, now, starting)
         loads = _with_setup(job_loads(jobs), beats)
         decision, self.memory = decide(
             loads, workers, self.pools(workers), self.weights, self.memory, now, self.knobs

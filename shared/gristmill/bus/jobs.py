@@ -15,6 +15,7 @@ from gristmill.bus.subjects import check_token
 
 __all__ = [
     "DECISION_KEY",
+    "PROCESSES_KEY",
     "SCALING_BUCKET",
     "JobRecord",
     "archived_key",
@@ -112,3 +113,4 @@ def msg_id(kind: str, job: str, step: int, key: str, attempt: int | str | None =
 # supervisor (or another scaler) carries out.
 SCALING_BUCKET = "gristmill_scaling"
 DECISION_KEY = "decision"
+PROCESSES_KEY = "processes"  # what the embedded supervisor runs (`SupervisedWorkers`)

@@ -507,3 +507,13 @@ class ScalingDecision(Message):
     gpus: dict[str, int] = Field(default_factory=dict)
     slots: list[StepSlots] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)
+
+
+class SupervisedWorkers(Message):
+    """What a supervisor runs (in the service's scaling bucket, key `processes`): its worker
+    processes alive and not draining, name -> pool, as of `at`. A worker listed here that does
+    not beat yet is starting."""
+
+    supervisor: str
+    at: float
+    workers: dict[str, Literal["cpu", "gpu"]] = Field(default_factory=dict)
