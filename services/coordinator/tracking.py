@@ -308,8 +308,9 @@ def assign_slots(
     step keeps a job moving when a worker dies. A job with an active step no live worker can
     take says so in its state (`waiting_for`) until one joins.
 
-    `split="even"` is the static baseline the autoscaling bench compares with: each active step
-    gets an equal part of its pool's slots, as dedicated slots on as few workers as they fill."""
+    `split="even"` is the static baseline the autoscaling bench compares with: each step of a
+    running job, done or not, gets an equal part of its pool's slots for the job's whole life,
+    as dedicated slots on as few workers as they fill (one deployment per stage)."""
     active: list[tuple[str, int, str]] = []  # job, step, pool
     for job, tracker in sorted(jobs.items()):
         started = tracker.started
@@ -324,8 +325,14 @@ def assign_slots(
     for job, tracker in jobs.items():
         missing = sorted({pool for j, _, pool in active if j == job and pool not in pools})
         tracker.waiting_for = ", ".join(f"no live {pool} worker" for pool in missing)
-    if split == "even":
-        return even_split(workers, active)
+    if split == "even":  # fixed for the job's life: every step of it, done or not
+        every = [
+            (job, step, tracker.started.steps[step].pool)
+            for job, tracker in sorted(jobs.items())
+            if tracker.started is not None and not tracker.finished
+            for step in range(tracker.started.first_step, len(tracker.started.steps))
+        ]
+        return even_split(workers, every)
     return {
         worker: [
             {"job": job, "step": step, "slots": info.slots}
@@ -339,8 +346,8 @@ def assign_slots(
 def even_split(
     workers: dict[str, WorkerInfo], active: list[tuple[str, int, str]]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each active (job, step, pool) an equal part of its pool's slots (largest remainder, the
-    earlier steps first), laid out on the workers slot by slot in name order."""
+    """Each (job, step, pool) an equal part of its pool's slots (largest remainder, the earlier
+    steps first), laid out on the workers slot by slot in name order."""
     plan: dict[str, list[dict[str, Any]]] = {worker: [] for worker in sorted(workers)}
     for pool in sorted({info.pool for info in workers.values()}):
         units = [

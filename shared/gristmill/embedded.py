@@ -76,6 +76,7 @@ class EmbeddedService:
         gpu_workers: int = 0,
         slots: int = 2,
         teams: tuple[str, ...] = ("default",),
+        gpu_slots: int = 1,
         output_root: str | None = None,
         trust_code: bool = True,
         nats_url: str | None = None,
@@ -102,6 +103,7 @@ class EmbeddedService:
         self.workers = workers
         self.gpu_workers = gpu_workers
         self.slots = slots
+        self.gpu_slots = gpu_slots  # actors a GPU worker runs at once (4 for quarter-GPU steps)
         self.teams = teams
         self.output_root = output_root or os.getcwd()
         self.trust_code = trust_code
@@ -247,7 +249,7 @@ class EmbeddedService:
     ) -> None:
         """Start a worker process whose id (and process name) is `name`; with `wait`, return
         once it has joined."""
-        slots = slots or (self.slots if pool == "cpu" else 1)
+        slots = slots or (self.slots if pool == "cpu" else self.gpu_slots)
         args = ["services.worker", "--pool", pool, "--slots", str(slots)]
         self._spawn(name, [*args, "--id", name])
         if wait:

@@ -96,6 +96,12 @@ def _service_flags(parser: argparse.ArgumentParser, with_state: bool = True) -> 
     parser.add_argument("--workers", type=int, default=1, help="CPU workers (default 1)")
     parser.add_argument("--gpu-workers", type=int, default=0, help="GPU workers (default 0)")
     parser.add_argument("--slots", type=int, default=2, help="tasks each CPU worker runs at once")
+    parser.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=1,
+        help="actors each GPU worker runs at once (4 lets quarter-GPU steps share a GPU)",
+    )
     scaling = parser.add_argument_group(
         "autoscaling", "bounds of a pool the coordinator scales by measured throughput"
     )
@@ -164,6 +170,7 @@ def _up(args: argparse.Namespace) -> int:
         workers=args.workers,
         gpu_workers=args.gpu_workers,
         slots=args.slots,
+        gpu_slots=args.gpu_slots,
         trust_code=not args.registered_only,
         output_root=settings.output_root,
         input_roots=settings.input_roots,
@@ -251,6 +258,8 @@ def _up_detached(args: argparse.Namespace) -> int:
         str(args.gpu_workers),
         "--slots",
         str(args.slots),
+        "--gpu-slots",
+        str(args.gpu_slots),
     ]
     if args.registered_only:
         command.append("--registered-only")

@@ -119,9 +119,10 @@ def test_assign_slots_splits_evenly_only_when_asked():
     workers = {"w0": WorkerInfo("cpu", 2), "w1": WorkerInfo("cpu", 2)}
     shared = assign_slots(workers, jobs)
     assert shared["w0"] == [{"job": "j1", "step": s, "slots": 2} for s in (1, 2, 3)]
+    # Fixed for the job's life: the fan-out step (done) keeps its part.
     even = assign_slots(workers, jobs, "even")
     assert even == {
-        "w0": [{"job": "j1", "step": 1, "slots": 2}],
+        "w0": [{"job": "j1", "step": 0, "slots": 1}, {"job": "j1", "step": 1, "slots": 1}],
         "w1": [{"job": "j1", "step": 2, "slots": 1}, {"job": "j1", "step": 3, "slots": 1}],
     }
 

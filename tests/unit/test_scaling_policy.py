@@ -311,7 +311,8 @@ def test_at_scale_a_new_teams_job_gets_its_share_within_a_few_dozen_cycles():
     # 1,000 workers of 4 slots all held by beta's job; alpha's job arrives, weights 3:1.
     pools = {"cpu": PoolLimits("cpu", min=1000, max=1000, slots_per_worker=4)}
     steps = lambda backlogs: tuple(  # noqa: E731
-        StepLoad(i, "cpu", b, s) for i, (b, s) in enumerate(zip(backlogs, (1.0, 10.0, 1.0)))
+        StepLoad(i, "cpu", b, s)
+        for i, (b, s) in enumerate(zip(backlogs, (1.0, 10.0, 1.0), strict=True))
     )
     beta = JobLoad("beta", "b", steps((10_000, 8_000, 5_000)))
     alpha = JobLoad("alpha", "a", steps((20_000, 0, 0)))
@@ -344,3 +345,18 @@ def test_thousands_of_equal_gpu_fractions_pack_by_count():
     assert len(bins) == 1 + 2 + 5_000
     assert bins[:3] == [[1.0], [0.5, 0.5], [0.5, 0.25, 0.25]]
     assert [len(b) for b in bins[3:]] == [4] * 4_999 + [2]
+
+
+def test_an_unmeasured_step_does_not_take_the_slots_of_a_measured_slow_one():
+    # Step 2 is measured slow (0.5 s) with 80 tasks; step 3 has just got its first 36 and none
+    # has finished: step 3 is taken to be as quick as the job's quickest step, so step 2 keeps
+    # its slots while step 3 ramps on what is left.
+    pools = {"cpu": PoolLimits("cpu", min=4, max=4, slots_per_worker=2)}
+    job = JobLoad(
+        "t",
+        "j",
+        (StepLoad(1, "cpu", 0, 0.05), StepLoad(2, "cpu", 80, 0.5), StepLoad(3, "cpu", 36, None)),
+    )
+    memory = Memory(slots={("t", "j", 2): 6, ("t", "j", 3): 1}, wants={("t", "j", 3): 4})
+    decision, _ = decide([job], ready(4), pools, {}, memory, 0.0)
+    assert decision.slots == {("t", "j", 2): 7, ("t", "j", 3): 1}

@@ -69,9 +69,7 @@ class Knobs:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
         if not 0 < self.rebalance_fraction <= 1:
-            raise ValueError(
-                f"rebalance_fraction must be in (0, 1], not {self.rebalance_fraction}"
-            )
+            raise ValueError(f"rebalance_fraction must be in (0, 1], not {self.rebalance_fraction}")
 
 
 @dataclass(frozen=True)
@@ -252,6 +250,11 @@ class _Step:
 
 def _steps(job: JobLoad, memory: Memory, knobs: Knobs) -> list[_Step]:
     out: list[_Step] = []
+    # An unmeasured step's tasks are taken to be as quick as the job's quickest measured step:
+    # it ramps by one slot a cycle as far as its share goes, and guessing it slow would take
+    # the slots of a step known to be slow (its first tasks can take a while to be measured).
+    measured = [s.seconds_per_task for s in job.steps if s.seconds_per_task is not None]
+    guess = min(measured) if measured else 1.0
     upstream = 0.0  # tasks of the steps before this one, in this step's tasks
     for load in job.steps:
         key = (job.team, job.job, load.step)
@@ -266,7 +269,7 @@ def _steps(job: JobLoad, memory: Memory, knobs: Knobs) -> list[_Step]:
         held = memory.slots.get(key, 0)  # its actors are set up: keeping them costs nothing
         if seconds is None:  # unmeasured: one slot more than it asked for last cycle
             want = use = min(usable, memory.wants.get(key, 0) + 1)
-            work = tasks
+            work = load.backlog * guess
         else:
             work = tasks * max(seconds, 1e-6)
             # A slot on a new worker is worth a worker's start and the set-up; one on a worker
@@ -435,9 +438,7 @@ def _slots_now(
     # What is left after the whole slots goes by largest remainder, where it still fits.
     for key in sorted(shares, key=lambda k: (-(shares[k] - whole[k]), k)):
         step = next(s for s in steps if s.key == key)
-        if whole[key] < step.use and _fits(
-            {**whole, key: whole[key] + 1}, steps, limits, capacity
-        ):
+        if whole[key] < step.use and _fits({**whole, key: whole[key] + 1}, steps, limits, capacity):
             whole[key] += 1
     eased = _eased(whole, steps, memory, knobs)
     while not _fits(eased, steps, limits, capacity):  # easing kept more than there is room for
