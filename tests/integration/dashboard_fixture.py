@@ -294,6 +294,14 @@ class CannedViews:
             WorkerState(worker="worker-gpu-0", pool="gpu", slots=1, actors_idle=1, at=now - 1),
         ]
 
+    def scaling(self) -> dict[str, Any]:
+        """A fixed pool (no autoscaling) and no decision yet."""
+        return {"autoscaled": {}, "decisions": []}
+
+    def desired_workers(self) -> dict[str, int]:
+        """No decision yet."""
+        return {}
+
 
 TOKENS = TokenTable.of([Credentials("team", TEAM, TEAM, "unused", TOKEN)])
 app = create_http_app(CannedViews(), (TEAM,), lambda: True, TOKENS)  # type: ignore[arg-type]
