@@ -326,7 +326,7 @@ def assign_slots(
         missing = sorted({pool for j, _, pool in active if j == job and pool not in pools})
         tracker.waiting_for = ", ".join(f"no live {pool} worker" for pool in missing)
     if split == "even":  # fixed for the job's life: every step of it, done or not
-        every = [
+        every: list[tuple[str, int, str]] = [
             (job, step, tracker.started.steps[step].pool)
             for job, tracker in sorted(jobs.items())
             if tracker.started is not None and not tracker.finished
