@@ -3,7 +3,7 @@
     .venv/bin/python bench/autoscaling.py [--tasks 120] [--slots 2] [--max-workers 4] [--runs 2]
 
 The job is `FanOut(--tasks) -> Sleep(0.05 s) -> Sleep(0.5 s) -> Sleep(0.05 s)` (four steps,
-unfused; the stages travel by value from this file), run on three embedded services on this
+unfused; the stages are bench/fairness.py's, sent by value), run on three embedded services on this
 machine (real NATS, Ray and worker processes), each a fresh one, `--runs` times:
 
 - **autoscaled**: `--min-workers 1 --max-workers M` (M = `--max-workers`, `--slots` each): the
@@ -30,37 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from gristmill import DocumentBatch, EmptyTask, ProcessingStage  # noqa: E402
+from fairness import FanOut, Sleep  # noqa: E402  (the same stages, by value from there)
+
 from gristmill.bus import JobOptions, JobSpec  # noqa: E402
 from gristmill.client import ServiceClient, new_request_id  # noqa: E402
 from gristmill.embedded import EmbeddedService  # noqa: E402
 from gristmill.pipeline.portable import portable_spec  # noqa: E402
-
-
-class FanOut(ProcessingStage[EmptyTask, DocumentBatch]):
-    """`count` one-row tasks."""
-
-    def __init__(self, count: int = 10):
-        self.count = count
-
-    def process(self, task: EmptyTask) -> list[DocumentBatch]:
-        return [DocumentBatch(data=pa.table({"n": [i]})) for i in range(self.count)]
-
-
-class Sleep(ProcessingStage[DocumentBatch, DocumentBatch]):
-    """Holds its slot `seconds` per task (work that is not this machine's CPU)."""
-
-    def __init__(self, seconds: float = 0.05):
-        self.seconds = seconds
-
-    def process(self, task: DocumentBatch) -> DocumentBatch:
-        time.sleep(self.seconds)  # simulated work, not synchronisation
-        return task
 
 
 async def run_job(service: EmbeddedService, tasks: int) -> float:

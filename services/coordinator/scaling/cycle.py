@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from gristmill.bus import ScalingDecision, StepSlots, WorkerState
@@ -88,18 +89,9 @@ def _with_setup(loads: list[JobLoad], beats: Mapping[str, WorkerState]) -> list[
     out = []
     for load in loads:
         steps = tuple(
-            StepLoad(
-                step=s.step,
-                pool=s.pool,
-                backlog=s.backlog,
-                seconds_per_task=s.seconds_per_task,
-                fan_out=s.fan_out,
-                setup_s=measured.get(f"{load.job}/{s.step}", 0.0),
-                gpus=s.gpus,
-            )
-            for s in load.steps
+            replace(s, setup_s=measured.get(f"{load.job}/{s.step}", 0.0)) for s in load.steps
         )
-        out.append(JobLoad(load.team, load.job, steps, load.priority))
+        out.append(replace(load, steps=steps))
     return out
 
 
