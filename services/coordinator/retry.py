@@ -46,7 +46,7 @@ async def retry_task(js: Any, publisher: Publisher, jobs: Any, team: str, query:
     consumer = step_consumer(team, query.job, query.step, record.spec.options.ack_wait_s)
     await js.add_consumer(TeamLayout(team).tasks_stream, consumer)
     once = uuid.uuid4().hex[:12]
-    retried = TaskRetried(job=query.job, step=query.step, task_id=task.task_id)
+    retried = TaskRetried(job=query.job, step=query.step, task_id=task.task_id, root=task.root)
     await publisher.publish(
         event_subject(team, query.job, "task_retried"),
         retried,

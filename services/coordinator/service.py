@@ -8,6 +8,13 @@ publish succeeded (a failed one is tried again), and a replayed one is remembere
 announces nothing twice. When a job ends its consumers are removed; after the retention period
 its payloads, events, done records and dead letters are collected (`gristmill gc`), leaving a
 summary. Every loop is kept running: one that fails is logged and started again.
+
+So that an always-on service restarts in a time that follows what runs, not how long it has
+run, the coordinator snapshots each team's trackers (`services.coordinator.snapshot`, in the
+store) and a coordinator that starts replays only the events after its team's snapshot; the
+events of continuous jobs up to a stored snapshot are then purged from the stream, which keeps
+it bounded. A continuous job's finished input files get their lineage record and a `closed`
+mark (`services.coordinator.lineage`) before they are forgotten.
 """
 
 from __future__ import annotations
@@ -19,24 +26,19 @@ import logging
 import time
 from typing import Any
 
-from faststream.nats import NatsMessage
-
 from gristmill import faults
 from gristmill.bus import (
-    ApiReply,
     DeadLetter,
-    GcQuery,
+    FilesIngested,
     IdsPart,
+    InputClosed,
     JobStarted,
     JobState,
     MessageError,
-    RetryQuery,
-    StatusQuery,
     SupervisedWorkers,
     TaskFailed,
     TaskRetried,
     TasksDone,
-    WhyQuery,
     WorkerState,
     peek,
 )
@@ -65,17 +67,24 @@ from gristmill.bus.subjects import (
 )
 from gristmill.config import ServiceSettings
 from gristmill.credentials import TOKENS_FILE, TokenTable, service_credentials
-from gristmill.errors import GristmillError
 from gristmill.loops import LoopSet
 from gristmill.store import TaskStore
 from gristmill.telemetry import in_job
 from services.coordinator.api import SAMPLE_EVERY_S, JobViews
 from services.coordinator.http import HttpServer, create_http_app
-from services.coordinator.retry import retry_task
+from services.coordinator.keeping import (
+    close_files,
+    load_snapshot,
+    new_files,
+    purge_snapshotted,
+    save_snapshot,
+)
 from services.coordinator.scaling.cycle import ScalingCycle
 from services.coordinator.scaling.scalers import scaler_from_env
 from services.coordinator.sharing import split_cap
+from services.coordinator.snapshot import dump
 from services.coordinator.tracking import JobTracker, WorkerInfo, assign_slots
+from services.coordinator.verbs import ApiVerbs
 
 __all__ = ["CoordinatorService"]
 
@@ -84,11 +93,11 @@ log = logging.getLogger("gristmill.coordinator")
 WORKER_TIMEOUT_S = 5.0
 ASSIGN_EVERY_S = 0.5
 FLUSH_EVERY_S = 0.2
-STATUS_WAIT_S = 20.0
 SCALE_EVERY_S = 1.0
+SNAPSHOT_EVERY_S = 10.0
 
 
-class CoordinatorService:
+class CoordinatorService(ApiVerbs):
     """The coordinator of one deployment; `broker` is its FastStream broker."""
 
     def __init__(self, settings: ServiceSettings):
@@ -106,6 +115,8 @@ class CoordinatorService:
         self._applied: dict[str, int] = dict.fromkeys(settings.teams, 0)
         self._unsettled: dict[str, set[str]] = {team: set() for team in settings.teams}
         self._archived: dict[str, int] = dict.fromkeys(settings.teams, 0)
+        self._applying = {team: asyncio.Lock() for team in settings.teams}
+        self._snapshotted: dict[str, int] = dict.fromkeys(settings.teams, 0)
         self._wake = asyncio.Event()
         self._caught_up = {team: asyncio.Event() for team in settings.teams}
         self._loops = LoopSet(log)
@@ -146,9 +157,10 @@ class CoordinatorService:
         for team in self.settings.teams:
             layout = TeamLayout(team)
             await ensure_layout(self._js, layout, self.settings.stream_limits())
-            for purpose in ("jobs", "assignments", "workers", "done"):
+            for purpose in ("jobs", "assignments", "workers", "done", "ingest"):
                 self._kv[team, purpose] = await self._js.key_value(layout.bucket(purpose))
             self._archived[team] = await self._count_archived(team)
+            await self._load_snapshot(team)
             self._loops.start(f"events of {team}", functools.partial(self._follow_events, team))
             self._loops.start(f"workers of {team}", functools.partial(self._follow_workers, team))
         self._scaling_kv = await _scaling_bucket(self._js)
@@ -157,6 +169,7 @@ class CoordinatorService:
         self._loops.start("flush", self._flush_loop)
         self._loops.start("gc", self._gc_loop)
         self._loops.start("history", self._sample_loop)
+        self._loops.start("snapshot", self._snapshot_loop)
         tokens = TokenTable.load(self.settings.credentials / TOKENS_FILE)
         app = create_http_app(self.views, self.settings.teams, self._all_caught_up, tokens)
         self.http = HttpServer(app, self.settings.http_host, self.settings.http_port)
@@ -207,12 +220,15 @@ class CoordinatorService:
         if not replaying:
             await self._caught_up_with(team)
         async for msg in sub.messages:
-            try:
-                job = await self._apply(team, msg.subject, msg.data)
-            except Exception:  # one event must not stop the rest from being counted
-                log.exception("event on %s could not be applied", msg.subject)
-                job = None
-            self._applied[team] = msg.metadata.sequence.stream
+            async with self._applying[team]:  # a snapshot never sees half an event
+                try:
+                    job = await self._apply(team, msg.subject, msg.data)
+                except Exception:  # one event must not stop the rest from being counted
+                    log.exception("event on %s could not be applied", msg.subject)
+                    job = None
+                self._applied[team] = msg.metadata.sequence.stream
+            if job is not None:
+                await self._close_files(team, job)
             faults.point("coordinator.applied")
             if replaying and msg.metadata.num_pending == 0:
                 replaying = False
@@ -253,6 +269,14 @@ class CoordinatorService:
             elif kind == "task_retried":
                 tracker.on_retried(TaskRetried.from_json(data))
                 self._wake.set()
+            elif kind == "files":
+                ingested = await new_files(
+                    self._kv[team, "ingest"], tracker, FilesIngested.from_json(data)
+                )
+                if ingested is not None:
+                    tracker.on_files(ingested)
+            elif kind == "input_closed":
+                tracker.on_input_closed(InputClosed.from_json(data))
             elif kind == "job_state":
                 state = JobState.from_json(data)
                 if state.finished:
@@ -265,6 +289,50 @@ class CoordinatorService:
             await self._unreadable(team, tracker, subject, data, str(exc))
         self._dirty[team].add(parsed.job)
         return parsed.job
+
+    async def _close_files(self, team: str, job: str) -> None:
+        """Lineage and `closed` marks of the job's finished input files (see `keeping`)."""
+        tracker = self.jobs[team].get(job)
+        if tracker is None or tracker.ledger is None or not tracker.ledger.closing:
+            return
+        if not await close_files(self.store, self._kv[team, "ingest"], team, tracker):
+            self._unsettled[team].add(job)
+        self._dirty[team].add(job)
+
+    async def _load_snapshot(self, team: str) -> None:
+        snapshot = await load_snapshot(self.store, team)
+        if snapshot is None:
+            return
+        self.jobs[team] = snapshot.jobs
+        self._applied[team] = self._snapshotted[team] = snapshot.applied
+        log.info(
+            "team %s: %d jobs from the snapshot after event %d",
+            team,
+            len(snapshot.jobs),
+            snapshot.applied,
+        )
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_EVERY_S)
+            for team in self.settings.teams:
+                await self.snapshot(team)
+
+    async def snapshot(self, team: str) -> bool:
+        """Store the team's trackers if events were applied since the last snapshot, then
+        purge what the snapshot makes unneeded; False when there was nothing new."""
+        if not self._caught_up[team].is_set() or self._applied[team] <= self._snapshotted[team]:
+            return False
+        async with self._applying[team]:
+            applied = self._applied[team]
+            payload = dump(self.jobs[team], applied)
+            continuous = [
+                j for j, t in self.jobs[team].items() if t.started and t.started.continuous
+            ]
+        await save_snapshot(self.store, team, payload)
+        self._snapshotted[team] = applied
+        await purge_snapshotted(self._js, team, continuous, applied)
+        return True
 
     async def _unreadable(
         self, team: str, tracker: JobTracker, subject: str, data: bytes, error: str
@@ -354,6 +422,7 @@ class CoordinatorService:
             for team, unsettled in self._unsettled.items():  # announcements that failed
                 for job in list(unsettled):
                     unsettled.discard(job)
+                    await self._close_files(team, job)
                     await self._settle_or_later(team, job)
             await self._flush()
 
@@ -518,122 +587,6 @@ class CoordinatorService:
             with contextlib.suppress(Exception):
                 await kv.delete(assignment_key(worker))
             del written[worker]
-
-    # -- API ---------------------------------------------------------------------------------
-
-    def _status_handler(self, team: str) -> Any:
-        async def status(msg: NatsMessage) -> bytes:
-            try:  # answer from the whole history, not from half a replay
-                await asyncio.wait_for(self._caught_up[team].wait(), STATUS_WAIT_S)
-            except TimeoutError:
-                return ApiReply(ok=False, error="the coordinator is still catching up").to_json()
-            try:
-                asked = StatusQuery.from_json(msg.body or b"{}").job
-            except MessageError as exc:
-                return ApiReply(ok=False, error=str(exc)).to_json()
-            jobs = self.jobs[team]
-            if asked:
-                if asked in jobs:
-                    states = [jobs[asked].state()]
-                else:
-                    summary = await self._summary(team, asked)
-                    if summary is None:
-                        return ApiReply(
-                            ok=False, error=f"no job {asked!r} in team {team}"
-                        ).to_json()
-                    states = [summary]
-            else:
-                states = sorted((t.state() for t in jobs.values()), key=lambda s: s.submitted_at)
-            workers = sorted(self.live_workers(team).values(), key=lambda w: w.worker)
-            data = {
-                "jobs": [s.model_dump(mode="json", by_alias=True) for s in states],
-                "workers": [w.model_dump(mode="json", by_alias=True) for w in workers],
-                "archived": self._archived[team],
-            }
-            return ApiReply(ok=True, job=asked, data=data).to_json()
-
-        return status
-
-    async def _summary(self, team: str, job: str) -> JobState | None:
-        from nats.js.errors import KeyNotFoundError
-
-        with contextlib.suppress(KeyNotFoundError, MessageError, ValueError):
-            entry = await self._kv[team, "jobs"].get(archived_key(job))
-            return JobState.from_json(entry.value)
-        return None
-
-    async def _workers_handler(self, msg: NatsMessage) -> bytes:
-        return ApiReply(ok=True, data=self.workers_view()).to_json()
-
-    def workers_view(self) -> dict[str, Any]:
-        """Each live worker (pool, slots, steps, state) and the last scaling decisions."""
-        workers = sorted(self.all_workers().values(), key=lambda w: w.worker)
-        starting = [
-            {
-                "worker": name,
-                "pool": pool,
-                "slots": 0,
-                "running": 0,
-                "status": "starting",
-                "steps": [],
-            }
-            for name, pool in sorted(self.scaling.starting.items())
-        ]
-        return {
-            "workers": [w.model_dump(mode="json", by_alias=True) for w in workers] + starting,
-            **self.scaling.view(),
-        }
-
-    def _why_handler(self, team: str) -> Any:
-        async def why(msg: NatsMessage) -> bytes:
-            try:
-                query = WhyQuery.from_json(msg.body or b"{}")
-                fate = await self.views.why(team, query.job, query.doc)
-            except GristmillError as exc:
-                return ApiReply(ok=False, error=str(exc)).to_json()
-            if fate is None:
-                error = f"job {query.job!r} has no record of document {query.doc!r}"
-                if query.job not in self.jobs[team]:
-                    error = f"no job {query.job!r} in team {team}"
-                return ApiReply(ok=False, job=query.job, error=error).to_json()
-            return ApiReply(ok=True, job=query.job, data=fate).to_json()
-
-        return why
-
-    def _retry_handler(self, team: str) -> Any:
-        async def retry(msg: NatsMessage) -> bytes:
-            try:
-                query = RetryQuery.from_json(msg.body or b"{}")
-                await self.retry(team, query)
-            except (GristmillError, MessageError) as exc:
-                log.info("team %s: refused to retry: %s", team, exc)
-                return ApiReply(ok=False, error=str(exc)).to_json()
-            return ApiReply(ok=True, job=query.job).to_json()
-
-        return retry
-
-    async def retry(self, team: str, query: RetryQuery) -> None:
-        """Run a dead-lettered task of `team` again (`services.coordinator.retry`)."""
-        assert self._publisher is not None
-        jobs = self._kv[team, "jobs"]
-        task = await retry_task(self._js, self._publisher, jobs, team, query)
-        log.info("team %s: task %s of job %s retried", team, task, query.job)
-
-    def _gc_handler(self, team: str) -> Any:
-        async def gc(msg: NatsMessage) -> bytes:
-            try:
-                query = GcQuery.from_json(msg.body or b"{}")
-            except MessageError as exc:
-                return ApiReply(ok=False, error=str(exc)).to_json()
-            older = self.settings.retention_s if query.older_than_s is None else query.older_than_s
-            try:
-                await asyncio.wait_for(self._caught_up[team].wait(), STATUS_WAIT_S)
-            except TimeoutError:
-                return ApiReply(ok=False, error="the coordinator is still catching up").to_json()
-            archived = await self.collect(team, older)
-            return ApiReply(ok=True, data={"archived": archived}).to_json()
-
-        return gc
 
 
 async def _scaling_bucket(js: Any) -> Any:

@@ -6,6 +6,9 @@ planner's `JobStarted`). A job is finished when every task published to every st
 failed and every long id list (`IdsPart`) is complete. Two different parents making one task id
 would merge two tasks into one: the job fails, saying which.
 
+A continuous job (`services.coordinator.files`) ends only once stopped and drained; each of its
+input files is followed on its own, and a finished file's tasks are folded into counts at once.
+
 A finished job is compacted: its per-task sets become counts, and only the ids of its failed
 tasks are kept (a dead letter can still be retried, or succeed late). After that, events about
 tasks it already counted are re-announcements and change nothing, so an always-on coordinator
@@ -19,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gristmill.bus import (
+    FilesIngested,
     IdsPart,
+    InputClosed,
     JobStarted,
     JobState,
     StepCounts,
@@ -29,6 +34,7 @@ from gristmill.bus import (
     TasksDone,
 )
 from gristmill.telemetry import format_trace_id, trace_id_of
+from services.coordinator.files import FileLedger, OpenFile
 from services.coordinator.scaling.policy import ewma
 
 __all__ = [
@@ -112,6 +118,8 @@ class JobTracker:
         self.announced: str = ""  # the final state already published, if any
         self.finished_at: float | None = None
         self.waiting_for: str = ""  # set by assign_slots: a pool without a live worker
+        self.ledger: FileLedger | None = None  # a continuous job's input files
+        self.clock = time.time
 
     def _tally(self, step: int) -> StepTally:
         return self.steps.setdefault(step, StepTally())
@@ -143,26 +151,62 @@ class JobTracker:
         if self.started is not None:
             return
         self.started = started
+        if started.continuous:
+            self.ledger = FileLedger(len(started.steps) - 1)
         self._publish(started.first_step, started.initial, "")
         if started.initial_parts:
             self.parts_expected[started.first_step, ""] = started.initial_parts
+
+    def on_files(self, ingested: FilesIngested) -> list[str]:
+        """A continuous job took input files; returns the task ids of those new here."""
+        if self.ledger is None:
+            self.fail(f"files were announced for job {self.job}, which is not continuous")
+            return []
+        new = [f.task_id for f in ingested.files if self.ledger.add(f, ingested.step)]
+        self._publish(ingested.step, new, "")
+        return new
+
+    def on_input_closed(self, closed: InputClosed) -> None:
+        """A continuous job was stopped: it ends once its files are processed."""
+        if self.ledger is not None:
+            self.ledger.input_closed = True
+
+    def _stale(self, root: str) -> bool:
+        """Whether an event about a task of input file `root` is about a finished file."""
+        return self.ledger is not None and bool(root) and not self.ledger.knows(root)
 
     def on_ids(self, part: IdsPart) -> None:
         """Part of a long id list: the tasks `part.owner` made (or the first tasks)."""
         if self.compacted and not self._known(part.step - 1, part.owner):
             return  # a repeat about a task already counted
+        if self._stale(part.root):
+            return
         self.parts_seen.setdefault((part.step, part.owner), set()).add(part.part)
         self._publish(part.step, part.ids, part.owner)
+        if self.ledger is not None and part.root:
+            self.ledger.published(part.root, part.step, part.ids)
+            if part.step > self.ledger.last_step:
+                self.ledger.outputs_listed(part.root, part.outputs)
+            self._parts_check(part.root, part.step, part.owner)
+            self._close(part.root)
+
+    def _parts_check(self, root: str, step: int, owner: str) -> None:
+        expected = self.parts_expected.get((step, owner))
+        if expected is not None and len(self.parts_seen.get((step, owner), ())) >= expected:
+            assert self.ledger is not None
+            self.ledger.parts_done(root, f"{step}/{owner}")
 
     def on_done(self, done: TasksDone) -> bool:
         """A manifest's tasks finished; False if every one was counted already."""
-        counted = [self.on_result(done.step, result) for result in done.results]  # every one
+        counted = [self.on_result(done.step, result, done.at) for result in done.results]
         return any(counted)
 
-    def on_result(self, step: int, result: TaskResult) -> bool:
-        """One finished task; False if it was counted already."""
+    def on_result(self, step: int, result: TaskResult, at: float = 0.0) -> bool:
+        """One finished task (its done record made at `at`); False if it was counted already."""
         tally = self._tally(step)
         if result.task_id in tally.done or not self._known(step, result.task_id):
+            return False
+        if self._stale(result.root):
             return False
         tally.failed.discard(result.task_id)  # a dead letter retried with success
         tally.published.setdefault(result.task_id, _UNKNOWN)
@@ -173,16 +217,46 @@ class JobTracker:
         self._publish(step + 1, result.output_ids, result.task_id)
         if result.parts:
             self.parts_expected[step + 1, result.task_id] = result.parts
+        if self.ledger is not None and result.root:
+            self.ledger.published(result.root, step + 1, result.output_ids)
+            self.ledger.finished_task(result.root, step, result.task_id, result, at)
+            if result.parts:
+                self._parts_check(result.root, step + 1, result.task_id)
+            self._close(result.root)
         return True
+
+    def _close(self, root: str) -> None:
+        """Fold a finished input file's tasks into counts (it waits in `ledger.closing`)."""
+        assert self.ledger is not None
+        file = self.ledger.close_if_finished(root, self.clock())
+        if file is not None:
+            self._fold(file)
+
+    def _fold(self, file: OpenFile) -> None:
+        for task_id, step in file.tasks.items():
+            tally = self.steps.get(step)
+            if tally is None:
+                continue
+            counts = tally.done.pop(task_id, None)
+            if tally.published.pop(task_id, None) is not None or counts is not None:
+                tally.base[0] += 1
+            if counts is not None:
+                tally.base[1] += 1
+                for at, value in enumerate(counts):
+                    tally.base[3 + at] += value
+            self.parts_expected.pop((step + 1, task_id), None)
+            self.parts_seen.pop((step + 1, task_id), None)
 
     def on_failed(self, failed: TaskFailed) -> bool:
         """A dead-lettered task; False if it was known (or has since succeeded)."""
         tally = self._tally(failed.step)
         known = failed.task_id in tally.done or failed.task_id in tally.failed
-        if known or not self._known(failed.step, failed.task_id):
+        if known or not self._known(failed.step, failed.task_id) or self._stale(failed.root):
             return False
         tally.published.setdefault(failed.task_id, _UNKNOWN)
         tally.failed.add(failed.task_id)
+        if self.ledger is not None and failed.root:
+            self.ledger.failed_task(failed.root, failed.task_id)
         return True
 
     def on_retried(self, retried: TaskRetried) -> bool:
@@ -192,6 +266,8 @@ class JobTracker:
             return False
         tally.failed.discard(retried.task_id)
         self.retries += 1
+        if self.ledger is not None and retried.root:
+            self.ledger.retried(retried.root, retried.task_id)
         return True
 
     def fail(self, error: str) -> None:
@@ -224,6 +300,8 @@ class JobTracker:
             return False
         if self.error:
             return True
+        if self.ledger is not None and not (self.ledger.input_closed and self.ledger.drained):
+            return False
         last = len(self.started.steps)
         if any(t.backlog for s, t in self.steps.items() if s < last):
             return False
@@ -265,7 +343,7 @@ class JobTracker:
             self.finished_at = None  # a retried dead letter runs it again
         else:
             state = "failed" if self.error else "completed_with_failures" if failed else "completed"
-            self.finished_at = self.finished_at or time.time()
+            self.finished_at = self.finished_at or self.clock()
         dropped = sum(c.items_dropped for c in counts)
         out = counts[-1].items_out if counts else 0
         return JobState(
@@ -284,6 +362,7 @@ class JobTracker:
             finished_at=self.finished_at if state not in ("pending", "running") else None,
             error=self.error or (self.waiting_for if state == "running" else ""),
             trace_id=format_trace_id(trace_id_of(self.job)),
+            files=self.ledger.counts(self.clock()) if self.ledger is not None else None,
         )
 
 

@@ -5,6 +5,11 @@ so a repeat writes the same bytes): it raises `Rejected` with a message for the 
 the job cannot run, and otherwise returns the job record and the first manifests (one task
 each). Every path a job names is checked: what it reads must be under the deployment's input
 roots, what it writes under its output root, both after normalising (`..`, symlinks).
+
+A continuous job is planned without its first tasks: its input is watched instead
+(`services.planner.ingest`), so it needs a first stage that reads files. A stage deduplicating
+against a named index (`index:`) is pointed at the team's indexes in the store and owned by
+the job, whatever the submission says.
 """
 
 from __future__ import annotations
@@ -29,13 +34,20 @@ from gristmill.stages.text.io.partition import FilePartitioningStage
 from gristmill.store import StoreWriteError, TaskStore, within
 from gristmill.tasks import EmptyTask, Task
 
-__all__ = ["Rejected", "plan_job"]
+__all__ = ["Rejected", "index_root", "plan_job"]
 
 # Parameters that name where a stage writes: they must stay under the deployment's output root.
 _OUTPUT_PARAMS = ("path", "drops_path", "output_path")
 # Parameters that name what a stage reads: they must stay under the deployment's input roots.
 _INPUT_PARAMS = ("file_paths",)
 _GLOB = set("*?[")
+# Parameters the service sets on a stage that names a dedup index.
+_INDEX_PARAMS = ("index_root", "index_owner")
+
+
+def index_root(store: TaskStore, team: str) -> str:
+    """Where the team's named dedup indexes live (in the service's own store)."""
+    return f"{store.team_root(team).rstrip('/')}/_indexes"
 
 
 class Rejected(GristmillError):
@@ -91,8 +103,10 @@ def _plan(
     for sha in spec.code if loader else ():
         loader.module(sha)  # type: ignore[union-attr]  # the job's task classes, too
     load_class = loader.load_class if loader else None
+    if spec.continuous is not None and not spec.inputs:
+        raise Rejected("a continuous job needs --input: the directory, glob or URL it watches")
     _check_inputs_given(spec, load_class)
-    raw = _with_paths(spec.pipeline, spec.inputs, spec.output)
+    raw = _with_index(_with_paths(spec.pipeline, spec.inputs, spec.output), store, spec, job)
     pipeline = Pipeline.from_spec(raw, load_class)
     _check_output_paths(raw, output_root)
     _check_input_paths(raw, input_roots)
@@ -115,7 +129,12 @@ def _plan(
         json.dumps([raw, spec.code, spec.options.fuse], sort_keys=True).encode()
     ).hexdigest()
     first_step = 0
-    if spec.initial:
+    record_extra: dict[str, Any] = {}
+    if spec.continuous is not None:
+        first = []
+        first_step = 1
+        record_extra = _watched(spec, stages)
+    elif spec.initial:
         first = [(i, "", [ref]) for i, ref in zip(spec.initial_ids, spec.initial, strict=True)]
     elif isinstance(stages[0], FilePartitioningStage) and len(stages) > 1:
         # Listing and grouping the input files is cheap and shows unreadable inputs now.
@@ -130,7 +149,12 @@ def _plan(
         root = EmptyTask()
         first = [(root.task_id, "", [store.put(spec.team, job, "initial", root)])]
     record = JobRecord(
-        job=job, spec=accepted, steps=steps, first_step=first_step, fingerprint=fingerprint
+        job=job,
+        spec=accepted,
+        steps=steps,
+        first_step=first_step,
+        fingerprint=fingerprint,
+        **record_extra,
     )
     manifests = [
         TaskManifest(
@@ -143,6 +167,37 @@ def _plan(
         for task_id, dataset, refs in first
     ]
     return Planned(record, manifests)
+
+
+def _watched(spec: JobSpec, stages: list[Any]) -> dict[str, Any]:
+    """What a continuous job's record needs to watch its input; `Rejected` if it cannot."""
+    if spec.initial:
+        raise Rejected("a continuous job takes its tasks from its input files, not initial tasks")
+    if not isinstance(stages[0], FilePartitioningStage) or len(stages) < 2:
+        raise Rejected(
+            f"a continuous job needs a first stage that reads files (a reader such as "
+            f"JsonlReader), not '{stages[0].name}'"
+        )
+    first = stages[0]
+    return {"extensions": list(first.file_extensions or []), "dataset": first.dataset_name}
+
+
+def _with_index(raw: dict[str, Any], store: TaskStore, spec: JobSpec, job: str) -> dict[str, Any]:
+    """The spec with every stage that names a dedup `index` pointed at the team's indexes and
+    owned by the job (the submission may not choose either)."""
+    for position, entry in enumerate(raw.get("stages") or [], 1):
+        params = entry.get("params") if isinstance(entry, dict) else None
+        if not isinstance(params, dict) or params.get("index") is None:
+            continue
+        for key in _INDEX_PARAMS:
+            if key in params:
+                raise Rejected(
+                    f"stage #{position} '{entry.get('stage')}': {key} is set by the service "
+                    f"(the team's indexes live in its store); name the index only"
+                )
+        params["index_root"] = index_root(store, spec.team)
+        params["index_owner"] = job
+    return raw
 
 
 def _timeout(stage: Any) -> float | None:

@@ -14,6 +14,11 @@ A planner that starts finds every job recorded but not marked published and fini
 (repeats are dropped by msg id, or found done by the workers), so a planner killed anywhere
 never leaves a job that does not start, nor one that misses a manifest. Resubmitting a request
 id answers with the same job and publishes nothing new.
+
+A continuous job has no first manifests: once started, a `Watcher` (`services.planner.ingest`)
+takes its input files as they arrive, until `gm.<team>.api.stop`; notifications of new files
+come on `gm.<team>.ingest.<job>`. A planner that starts watches again every continuous job not
+stopped.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from gristmill.bus import (
     IDS_PER_PART,
     ApiReply,
     IdsPart,
+    IngestNotice,
     JobSpec,
     JobStarted,
     JobState,
     MessageError,
+    StopQuery,
     TaskManifest,
 )
 from gristmill.bus.broker import service_broker
@@ -51,14 +58,23 @@ from gristmill.bus.jobs import (
     msg_id,
     published_key,
     state_key,
+    stopped_key,
 )
 from gristmill.bus.streams import TeamLayout, ensure_layout, step_consumer
-from gristmill.bus.subjects import api_subject, event_subject, task_subject
+from gristmill.bus.subjects import (
+    api_subject,
+    event_subject,
+    ingest_filter,
+    parse_subject,
+    task_subject,
+)
 from gristmill.config import ServiceSettings
 from gristmill.credentials import service_credentials
+from gristmill.errors import GristmillError
 from gristmill.loops import cancel_all
 from gristmill.pipeline.portable import CodeLoader
 from gristmill.store import StoreWriteError, TaskStore
+from services.planner.ingest import Watcher
 from services.planner.planning import Planned, Rejected, plan_job
 from services.planner.quotas import running_jobs_refusal, store_refusal
 
@@ -90,7 +106,14 @@ class PlannerService:
         self._publisher: Publisher | None = None
         self._jobs: dict[str, Any] = {}  # each team's jobs bucket, bound once
         self._admission = {team: asyncio.Lock() for team in settings.teams}
+        self._ingest: dict[str, Any] = {}  # each team's ingest bucket
+        self.watchers: dict[tuple[str, str], Watcher] = {}
+        self._watching: dict[tuple[str, str], asyncio.Task[None]] = {}
         for team in settings.teams:
+            self.broker.subscriber(api_subject(team, "stop"), queue="planner")(
+                self._stop_handler(team)
+            )
+            self.broker.subscriber(ingest_filter(team), queue="planner")(self._notice_handler(team))
             self.broker.subscriber(api_subject(team, "submit"), queue="planner")(
                 self._submit_handler(team)
             )
@@ -112,8 +135,10 @@ class PlannerService:
             layout = TeamLayout(team)
             await ensure_layout(self._js, layout, self.settings.stream_limits())
             self._jobs[team] = await self._js.key_value(layout.bucket("jobs"))
+            self._ingest[team] = await self._js.key_value(layout.bucket("ingest"))
         for team in self.settings.teams:
             await self._resume(team)
+            await self._resume_watching(team)
         log.info("planner ready for teams %s", ", ".join(self.settings.teams))
 
     async def _reconnected(self) -> None:
@@ -121,7 +146,7 @@ class PlannerService:
 
     async def before_stop(self) -> None:
         """Stop publishing (a planner started later finishes it)."""
-        await cancel_all(list(self._publishing.values()))
+        await cancel_all(list(self._publishing.values()) + list(self._watching.values()))
         await asyncio.to_thread(self.telemetry.flush)
 
     def _submit_handler(self, team: str) -> Any:
@@ -278,12 +303,18 @@ class PlannerService:
             initial=[] if long else ids,
             initial_parts=-(-len(ids) // IDS_PER_PART) if long else 0,
             submitted_at=record.submitted_at,
+            continuous=record.spec.continuous is not None,
+            output=_output_of(record),
         )
         assert self._publisher is not None
         await self._publisher.publish(
             event_subject(team, record.job, "job_started"), started, f"started.{record.job}"
         )
         faults.point("planner.started")
+        if record.spec.continuous is not None:
+            await self._jobs[team].put(published_key(record.job), b"1")
+            await self._watch(team, record)
+            return
         task = asyncio.create_task(self._publish(team, record, manifests, long))
         self._publishing[team, record.job] = task
         task.add_done_callback(lambda _: self._publishing.pop((team, record.job), None))
@@ -340,6 +371,105 @@ class PlannerService:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 log.exception("job %s: publishing its manifests failed; a restart finishes it", job)
 
+    # -- continuous jobs ---------------------------------------------------------------------
+
+    async def _watch(self, team: str, record: JobRecord) -> None:
+        """Start watching a continuous job's input (once per job)."""
+        if (team, record.job) in self.watchers:
+            return
+        assert self._publisher is not None
+        watcher = Watcher(team, record, self.store, self._publisher, self._ingest[team])
+        await watcher.start()
+        self.watchers[team, record.job] = watcher
+        self._watching[team, record.job] = asyncio.create_task(self._keep_watching(watcher))
+
+    async def _keep_watching(self, watcher: Watcher) -> None:
+        while True:
+            try:
+                await watcher.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a listing that failed (the input unreachable): again later
+                log.exception("job %s: watching its input failed; trying again", watcher.job)
+                await asyncio.sleep(watcher.poll_s)
+
+    async def _resume_watching(self, team: str) -> None:
+        """Watch again every continuous job that was not stopped; finish stopping the others."""
+        from nats.js.errors import KeyNotFoundError
+
+        jobs = self._jobs[team]
+        for key in await kv_keys(jobs, "job.*"):
+            try:
+                record = JobRecord.from_json((await jobs.get(key)).value)
+            except (KeyNotFoundError, MessageError):
+                continue
+            if record.spec.continuous is None:
+                continue
+            try:
+                await jobs.get(stopped_key(record.job))
+            except KeyNotFoundError:
+                log.info("job %s: watching its input again", record.job)
+                await self._watch(team, record)
+                continue
+            assert self._publisher is not None
+            watcher = Watcher(team, record, self.store, self._publisher, self._ingest[team])
+            await watcher.stop()  # a stop cut short: its input_closed again (a repeat is harmless)
+
+    def _stop_handler(self, team: str) -> Any:
+        async def stop(msg: NatsMessage) -> bytes:
+            try:
+                query = StopQuery.from_json(msg.body or b"{}")
+                files = await self.stop(team, query.job)
+            except (GristmillError, MessageError) as exc:
+                return ApiReply(ok=False, error=str(exc)).to_json()
+            return ApiReply(ok=True, job=query.job, data={"files": files}).to_json()
+
+        return stop
+
+    async def stop(self, team: str, job: str) -> int:
+        """Stop continuous job `job` taking files; returns how many it took."""
+        watcher = self.watchers.get((team, job))
+        if watcher is None:
+            raise GristmillError(await self._why_not_watched(team, job))
+        await self._jobs[team].put(stopped_key(job), b"1")
+        files = await watcher.stop()
+        task = self._watching.pop((team, job), None)
+        if task is not None:
+            await cancel_all([task])
+        del self.watchers[team, job]
+        log.info("job %s stopped: it took %d files", job, files)
+        return files
+
+    async def _why_not_watched(self, team: str, job: str) -> str:
+        from nats.js.errors import KeyNotFoundError
+
+        jobs = self._jobs[team]
+        try:
+            record = JobRecord.from_json((await jobs.get(job_key(job))).value)
+        except (KeyNotFoundError, MessageError):
+            return f"no job {job!r} in team {team}"
+        if record.spec.continuous is None:
+            return f"job {job} is not continuous: it ends by itself when its input is processed"
+        return f"job {job} is stopped already"
+
+    def _notice_handler(self, team: str) -> Any:
+        async def notice(msg: NatsMessage) -> None:
+            job = parse_subject(msg.raw_message.subject).job or ""
+            try:
+                paths = IngestNotice.from_json(msg.body).paths
+            except MessageError as exc:
+                log.warning("team %s: refused a notification for job %s: %s", team, job, exc)
+                return
+            watcher = self.watchers.get((team, job))
+            if watcher is None:
+                log.warning("team %s: a notification for job %s, which is not watched", team, job)
+                return
+            for problem in await watcher.notified(paths):
+                log.warning("job %s: a notified file was not taken: %s", job, problem)
+
+        return notice
+
     async def _resume(self, team: str) -> None:
         """Finish the jobs a planner before this one recorded but did not publish in full."""
         from nats.js.errors import KeyNotFoundError
@@ -360,6 +490,13 @@ class PlannerService:
                 continue
             log.info("job %s: taking up the publishing of %d manifests", job, len(manifests))
             await self._begin(team, record, manifests)
+
+
+def _output_of(record: JobRecord) -> str:
+    """Where the job's last stage writes ("" when it names no `path`)."""
+    stages = record.spec.pipeline.get("stages") or [{}]
+    path = (stages[-1].get("params") or {}).get("path") if isinstance(stages[-1], dict) else None
+    return path if isinstance(path, str) else ""
 
 
 def _team_loader(store: TaskStore, team: str) -> CodeLoader:

@@ -15,6 +15,7 @@ instruction harmless (`faults.point` marks where the chaos suite kills it).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,7 @@ class Effects:
             results=results,
             attempt=work.attempt,
             worker=self.worker,
+            at=time.time(),
         )
         if not await self._record(manifest, done):
             first = await self._done_record(manifest)  # an earlier attempt finished first
@@ -240,6 +242,7 @@ class Effects:
             traceback=failure.detail,
             attempts=attempts,
             worker=self.worker,
+            root=single.tasks[0].root,
         )
 
     async def unreadable(self, msg: Any, error: str) -> None:

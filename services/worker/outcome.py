@@ -58,6 +58,7 @@ class Child:
     ref: DataRef
     parent: str
     parent_span: str = ""  # the span of the attempt that made it
+    root: str = ""  # the input file's task it descends from (continuous jobs)
 
 
 def results_of(
@@ -78,7 +79,7 @@ def results_of(
                 attempt_span_id(manifest.job, manifest.step, entry.task_id, attempt)
             )
             children += [
-                Child(task_id, dataset, ref, entry.task_id, span)
+                Child(task_id, dataset, ref, entry.task_id, span, entry.root)
                 for task_id, dataset, ref in zip(ids, result["datasets"], refs, strict=True)
             ]
         counts = {
@@ -87,6 +88,7 @@ def results_of(
             "items_dropped": result["items_dropped"],
             "wall_time_s": result["wall_time_s"],
             "dropped_by": result.get("dropped_by") or {},
+            "root": entry.root,
         }
         if len(ids) <= IDS_PER_PART:
             outputs = refs if last else []
@@ -104,6 +106,7 @@ def results_of(
                 parts=len(starts),
                 ids=ids[start : start + IDS_PER_PART],
                 outputs=refs[start : start + IDS_PER_PART] if last else [],
+                root=entry.root,
             )
             for number, start in enumerate(starts)
         ]
@@ -165,6 +168,7 @@ def child_manifests(
             inputs=[child.ref],
             parents=[child.parent],
             parent_span=child.parent_span,
+            root=child.root,
         )
         if not child.ref.inline and child.ref.part < 0:  # a large task: it travels alone
             manifests.append(

@@ -303,6 +303,23 @@ class ServiceClient:
         query = RetryQuery(job=failure.job, step=failure.step, task_id=failure.task_id)
         _ok(await request(self.nc, self.team, "retry", query, timeout_s=30.0))
 
+    async def stop(self, job: str) -> int:
+        """Stop continuous job `job` taking new files (it ends once those it took are
+        processed); returns how many files it took."""
+        from gristmill.bus import StopQuery
+
+        reply = _ok(await request(self.nc, self.team, "stop", StopQuery(job=job), timeout_s=60.0))
+        return int(reply.data.get("files", 0))
+
+    async def notify(self, job: str, paths: list[str]) -> None:
+        """Tell continuous job `job` that these files are complete and new (the planner takes
+        each at once, if it is under the job's inputs and was not taken before)."""
+        from gristmill.bus import IngestNotice
+        from gristmill.bus.subjects import ingest_subject
+
+        await self.nc.publish(ingest_subject(self.team, job), IngestNotice(paths=paths).to_json())
+        await self.nc.flush()
+
     async def workers(self) -> dict[str, Any]:
         """Every live worker (pool, slots, steps, state), the pools' autoscaling bounds and the
         last scaling decisions with their reasons, newest first."""

@@ -24,6 +24,7 @@ __all__ = [
     "expand_paths",
     "file_size",
     "join",
+    "list_files",
     "read_bytes",
     "read_range",
     "remove_tree",
@@ -50,8 +51,10 @@ def _name(fs: fsspec.AbstractFileSystem, path: str) -> str:
 def expand_paths(paths: str | Iterable[str], extensions: Iterable[str], what: str) -> list[str]:
     """Every file named by `paths` (files, directories searched recursively, globs), sorted.
 
-    Directory and glob matches keep only names ending in one of `extensions`; a file named
-    explicitly is taken whatever its name. A path that matches nothing is an error naming it.
+    Directory and glob matches keep only names ending in one of `extensions`, and a directory's
+    hidden entries (a name under it starting with "." or "_", such as a dataset's `_lineage/`)
+    are left out; a file named explicitly is taken whatever its name. A path that matches
+    nothing is an error naming it.
     """
     endings = tuple(extensions)
     found: set[str] = set()
@@ -61,7 +64,7 @@ def expand_paths(paths: str | Iterable[str], extensions: Iterable[str], what: st
             matches = [p for p in fs.glob(path) if fs.isfile(p)]
             matches = [p for p in matches if p.endswith(endings)]
         elif fs.isdir(path):
-            matches = [p for p in fs.find(path) if p.endswith(endings)]
+            matches = [p for p in fs.find(path) if p.endswith(endings) and not _hidden(path, p)]
         elif fs.isfile(path):
             matches = [path]
         else:
@@ -70,6 +73,40 @@ def expand_paths(paths: str | Iterable[str], extensions: Iterable[str], what: st
             raise GristmillError(f"{what}: no files ending in {', '.join(endings)} under {raw}")
         found.update(_name(fs, p) for p in matches)
     return sorted(found)
+
+
+def _hidden(root: str, path: str) -> bool:
+    """Whether a name of `path` below directory `root` starts with "." or "_"."""
+    below = path[len(root.rstrip("/")) :].strip("/")
+    return any(part[:1] in "._" for part in below.split("/") if part)
+
+
+def list_files(
+    paths: Iterable[str], extensions: Iterable[str]
+) -> dict[str, tuple[int, float, str]]:
+    """What `expand_paths` would find, with each file's (size, modification time, etag or "");
+    a path that matches nothing yet gives nothing (a watched input may start empty)."""
+    endings = tuple(extensions)
+    found: dict[str, tuple[int, float, str]] = {}
+    for raw in paths:
+        fs, path = _fs(str(raw))
+        if _GLOB_CHARS & set(path):
+            infos = {p: fs.info(p) for p in fs.glob(path)}
+        elif fs.isdir(path):
+            infos = {p: i for p, i in fs.find(path, detail=True).items() if not _hidden(path, p)}
+        elif fs.exists(path):
+            infos = {path: fs.info(path)}
+        else:
+            continue
+        explicit = not (_GLOB_CHARS & set(path)) and not fs.isdir(path)
+        for name, info in infos.items():
+            if info.get("type") != "file" or not (explicit or name.endswith(endings)):
+                continue
+            mtime = info.get("mtime", info.get("LastModified", info.get("created", 0.0)))
+            stamp = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime or 0.0)
+            etag = str(info.get("ETag", info.get("etag", "")) or "")
+            found[_name(fs, name)] = (int(info.get("size") or 0), stamp, etag)
+    return found
 
 
 def file_size(path: str) -> int:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gristmill.bus import JobOptions, JobSpec, JobState
+from gristmill.bus import ContinuousOptions, JobOptions, JobSpec, JobState
 from gristmill.client import ServiceClient, new_request_id
 from gristmill.config import SERVICE_FILE, ServiceSettings, nats_url, state_dir
 from gristmill.errors import GristmillError
@@ -23,7 +23,19 @@ from gristmill.teams import TeamsConfig
 
 __all__ = ["add_commands", "describe_fate", "run_command"]
 
-COMMANDS = ("up", "down", "submit", "status", "workers", "dlq", "gc", "run", "trace")
+COMMANDS = (
+    "up",
+    "down",
+    "submit",
+    "status",
+    "stop",
+    "ingest",
+    "workers",
+    "dlq",
+    "gc",
+    "run",
+    "trace",
+)
 
 
 def add_commands(commands: Any) -> None:
@@ -38,6 +50,27 @@ def add_commands(commands: Any) -> None:
     submit = commands.add_parser("submit", help="submit a pipeline spec to the service")
     _job_flags(submit)
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    submit.add_argument(
+        "--continuous",
+        action="store_true",
+        help="run until `gristmill stop JOB`, taking each new input file once",
+    )
+    submit.add_argument(
+        "--poll-s",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="a continuous job lists its input every S seconds (default 5)",
+    )
+    stop = commands.add_parser("stop", help="stop a continuous job taking new files")
+    stop.add_argument("job")
+    _client_flags(stop)
+    ingest = commands.add_parser(
+        "ingest", help="tell a continuous job that these files are complete and new"
+    )
+    ingest.add_argument("job")
+    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    _client_flags(ingest)
     status = commands.add_parser("status", help="where jobs stand")
     status.add_argument("job", nargs="?", help="one job (default: all)")
     _client_flags(status)
@@ -345,6 +378,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _spec_of(args: argparse.Namespace, team: str) -> JobSpec:
     pipeline = load_spec(args.spec).to_dict()
+    continuous = getattr(args, "continuous", False)
     return JobSpec(
         team=team,
         request_id=new_request_id(),
@@ -352,6 +386,7 @@ def _spec_of(args: argparse.Namespace, team: str) -> JobSpec:
         inputs=[_absolute(p) for p in args.input],
         output=_absolute(args.output) if args.output else None,
         options=JobOptions(max_deliver=args.max_deliver),
+        continuous=ContinuousOptions(poll_s=args.poll_s) if continuous else None,
     )
 
 
@@ -366,6 +401,14 @@ async def _client_command(args: argparse.Namespace) -> int:
             return await _submit(client, args)
         if args.command == "status":
             return await _status(client, args.job)
+        if args.command == "stop":
+            files = await client.stop(args.job)
+            print(f"job {args.job} stopped: it took {files} files, and ends once they are done")
+            return 0
+        if args.command == "ingest":
+            await client.notify(args.job, [_absolute(p) for p in args.paths])
+            print(f"told job {args.job} of {len(args.paths)} files")
+            return 0
         if args.command == "trace":
             return await _trace(client, args)
         if args.command == "workers":
@@ -387,6 +430,8 @@ async def _submit(client: ServiceClient, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     job = await client.submit(spec)
     print(f"job {job} submitted")
+    if spec.continuous is not None:
+        print(f"it runs until stopped: gristmill stop {job}; gristmill status {job} shows it")
     if not args.wait:
         return 0
     state = await _follow(client, job)
@@ -479,8 +524,28 @@ def describe_fate(doc_id: str, fate: dict[str, Any]) -> str:
         detail.append(f"threshold {json.dumps(fate['threshold'])}")
     if "duplicate_of" in fate and not str(fate.get("reason", "")).endswith(fate["duplicate_of"]):
         detail.append(f"duplicate of {fate['duplicate_of']}")
+    if fate.get("duplicate_source"):
+        detail.append(f"kept from {fate['duplicate_source']}")
     extra = f" ({', '.join(detail)})" if detail else ""
     return f"{doc_id}: dropped by stage '{fate['stage']}': {fate['reason']}{extra}{where}"
+
+
+def describe_files(files: Any, state: JobState) -> str:
+    """A continuous job's files and documents in one line (`gristmill status`)."""
+    latency = "-" if files.last_latency_s is None else f"{files.last_latency_s:.1f} s"
+    line = (
+        f"files {files.seen} seen, {files.done} done, {files.pending} pending, "
+        f"{files.failed} failed"
+        + (f", {files.waiting} still being written" if files.waiting else "")
+        + f"; documents {state.items_in} in, {state.items_out} out, {state.items_dropped} "
+        f"dropped; lag {files.lag_s:.1f} s; last file {latency}"
+        + ("; stopped" if files.input_closed else "")
+    )
+    if files.changed:
+        line += "\n  changed after they were taken (not processed again): " + ", ".join(
+            files.changed
+        )
+    return line
 
 
 async def _workers(client: ServiceClient, as_json: bool) -> int:
@@ -541,6 +606,8 @@ def _print_state(state: JobState) -> None:
     )
     if state.error:
         print(f"  {state.error}")
+    if state.files is not None:
+        print("  " + describe_files(state.files, state))
     for index, step in enumerate(state.steps):
         print(
             f"  step {index} {step.name}: {step.done}/{step.published} done, {step.failed} failed"

@@ -89,7 +89,7 @@ def test_messages_round_trip_through_json_with_their_schema_version() -> None:
     entry = TaskEntry(task_id="t1", inputs=[_ref()], parents=["p"], attempts=2)
     manifest = TaskManifest(job="j1", step=0, step_name="reader", key="t1", tasks=[entry])
     payload = manifest.to_json()
-    assert json.loads(payload)["schema"] == 4
+    assert json.loads(payload)["schema"] == 5
     assert TaskManifest.from_json(payload) == manifest
     result = TaskResult(
         task_id="t", output_ids=["c1"], items_in=3, items_out=2, items_dropped=1, wall_time_s=0.5
@@ -133,7 +133,7 @@ def test_messages_round_trip_through_json_with_their_schema_version() -> None:
 def test_another_schema_version_is_refused_naming_both() -> None:
     payload = json.loads(_ref().to_json())
     payload["schema"] = 1
-    with pytest.raises(MessageError, match=r"invalid DataRef: schema: Value error, message schema 1 is not the one this gristmill speaks \(4\)"):  # fmt: skip
+    with pytest.raises(MessageError, match=r"invalid DataRef: schema: Value error, message schema 1 is not the one this gristmill speaks \(5\)"):  # fmt: skip
         DataRef.from_json(json.dumps(payload))
     assert peek(json.dumps(payload)) == payload  # what it was about can still be named
     assert peek(b"{not json") == {}

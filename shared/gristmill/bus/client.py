@@ -27,6 +27,7 @@ __all__ = [
     "ServiceUnavailable",
     "StreamFull",
     "kv_keys",
+    "kv_values",
     "replay",
     "request",
 ]
@@ -278,3 +279,19 @@ async def kv_keys(kv: Any, pattern: str) -> list[str]:
     finally:
         await watcher.stop()
     return keys
+
+
+async def kv_values(kv: Any, pattern: str) -> dict[str, bytes]:
+    """The values of bucket `kv` under keys matching `pattern`, read in one watch (not one
+    request per key)."""
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    values: dict[str, bytes] = {}
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.value:
+                values[entry.key] = entry.value
+    finally:
+        await watcher.stop()
+    return values

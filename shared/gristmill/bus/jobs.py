@@ -20,14 +20,20 @@ __all__ = [
     "JobRecord",
     "archived_key",
     "assignment_key",
+    "closed_key",
     "consumer_name",
     "done_key",
+    "file_key",
     "group_key",
     "job_id_for",
     "job_key",
     "msg_id",
     "published_key",
+    "seen_key",
+    "snapshot_key",
     "state_key",
+    "stopped_key",
+    "watch_key",
     "worker_key",
 ]
 
@@ -47,6 +53,8 @@ class JobRecord(Message):
     fingerprint: str
     plan: DataRef | None = None
     submitted_at: float = 0.0
+    extensions: list[str] = Field(default_factory=list)  # a continuous job's input files
+    dataset: str = ""  # the dataset name of its file tasks
 
 
 def job_id_for(team: str, request_id: str) -> str:
@@ -79,6 +87,36 @@ def state_key(job: str) -> str:
 def archived_key(job: str) -> str:
     """Jobs bucket: the last `JobState` of a job whose data was collected."""
     return f"archived.{check_token('job', job)}"
+
+
+def stopped_key(job: str) -> str:
+    """Jobs bucket: present once a continuous job was stopped (it takes no more files)."""
+    return f"stopped.{check_token('job', job)}"
+
+
+def file_key(path: str) -> str:
+    """The part of ingest keys (and a file's task id) that stands for an input path."""
+    return hashlib.sha256(path.encode()).hexdigest()[:32]
+
+
+def seen_key(job: str, path: str) -> str:
+    """Ingest bucket: the record of an input file a continuous job took (`SeenFile`)."""
+    return f"seen.{check_token('job', job)}.{file_key(path)}"
+
+
+def closed_key(job: str, root: str) -> str:
+    """Ingest bucket: present once every task of the file with task `root` has finished."""
+    return f"closed.{check_token('job', job)}.{root}"
+
+
+def watch_key(job: str) -> str:
+    """Ingest bucket: the planner's latest look at a continuous job's input (`InputWatch`)."""
+    return f"watch.{check_token('job', job)}"
+
+
+def snapshot_key() -> str:
+    """Jobs bucket: where the coordinator's latest snapshot of the team's state is stored."""
+    return "snapshot"
 
 
 def done_key(job: str, step: int, key: str) -> str:

@@ -13,21 +13,14 @@ ids, so that no message outgrows the server's maximum payload.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Literal, Self
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
+from gristmill.bus.base import SCHEMA_VERSION, Message, MessageError, peek
+from gristmill.bus.continuous import ContinuousOptions, FileCounts
 from gristmill.bus.subjects import check_token
-from gristmill.errors import GristmillError, field_problems
 from gristmill.tasks.ids import check_task_id
 
 __all__ = [
@@ -62,9 +55,6 @@ __all__ = [
     "peek",
 ]
 
-# 3: trace fields (TaskEntry.parent_span, TaskResult/StepCounts.dropped_by, JobState.trace_id)
-# 4: teams (JobOptions.priority, RetryQuery: the coordinator retries a dead letter)
-SCHEMA_VERSION = 4
 _SHA256 = r"^[0-9a-f]{64}$"
 
 # A task whose bytes are at most this long travels inside its manifest.
@@ -73,51 +63,6 @@ INLINE_MAX_BYTES = 4096
 MAX_GROUP = 64
 # Id lists longer than this travel in `IdsPart` events of this many ids each.
 IDS_PER_PART = 1000
-
-
-class MessageError(GristmillError, ValueError):
-    """Bytes that are not a valid message of the expected kind and version."""
-
-
-class Message(BaseModel):
-    """Base of every bus message: strict fields, frozen, versioned."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    schema_version: int = Field(SCHEMA_VERSION, alias="schema")
-
-    @field_validator("schema_version")
-    @classmethod
-    def _known_version(cls, version: int) -> int:
-        if version != SCHEMA_VERSION:
-            raise ValueError(
-                f"message schema {version} is not the one this gristmill speaks "
-                f"({SCHEMA_VERSION}); run the same gristmill version on every service"
-            )
-        return version
-
-    def to_json(self) -> bytes:
-        """The message as compact JSON bytes (with `schema`)."""
-        return self.model_dump_json(by_alias=True).encode()
-
-    @classmethod
-    def from_json(cls, payload: bytes | str) -> Self:
-        """Parse and validate; errors name the message kind and the fields at fault."""
-        try:
-            return cls.model_validate_json(payload)
-        except ValidationError as exc:
-            problems = field_problems(exc.errors(), "(message)")
-            raise MessageError(f"invalid {cls.__name__}: {problems}") from exc
-
-
-def peek(payload: bytes | str) -> dict[str, Any]:
-    """The raw fields of a message that failed to parse (another version, say), for naming what
-    it was about; {} when it is not even a JSON object."""
-    try:
-        raw = json.loads(payload)
-    except ValueError:
-        return {}
-    return raw if isinstance(raw, dict) else {}
 
 
 class DataRef(Message):
@@ -167,7 +112,8 @@ class JobSpec(Message):
     naming registered stages; an entry with `code` names a class in the submitter's own module,
     stored by value in the store (`code` lists those modules), which only a service that trusts
     the submitter runs. `inputs` fill the first stage's `file_paths` and `output` the last
-    stage's `path`; `initial` are tasks the submitter stored itself, to start from.
+    stage's `path`; `initial` are tasks the submitter stored itself, to start from. With
+    `continuous` the job runs until stopped, taking each new input file once.
     """
 
     team: str
@@ -179,6 +125,7 @@ class JobSpec(Message):
     initial_ids: list[str] = Field(default_factory=list)
     code: list[str] = Field(default_factory=list)
     options: JobOptions = Field(default_factory=lambda: JobOptions())
+    continuous: ContinuousOptions | None = None  # runs until stopped, taking new files
 
     @field_validator("team")
     @classmethod
@@ -235,6 +182,8 @@ class JobStarted(Message):
     initial: list[str] = Field(default_factory=list)
     initial_parts: int = Field(0, ge=0)
     submitted_at: float
+    continuous: bool = False  # its first tasks come as files arrive (`FilesIngested`)
+    output: str = ""  # where its last stage writes (a continuous job's lineage goes there)
 
 
 class TaskEntry(Message):
@@ -248,6 +197,7 @@ class TaskEntry(Message):
     parents: list[str] = Field(default_factory=list)
     attempts: int = Field(0, ge=0)
     parent_span: str = Field("", pattern=r"^([0-9a-f]{16})?$")
+    root: str = ""  # a continuous job's: the task of the input file it descends from
 
     @field_validator("task_id")
     @classmethod
@@ -301,6 +251,7 @@ class TaskResult(Message):
     items_dropped: int = Field(ge=0)
     wall_time_s: float = Field(ge=0)
     dropped_by: dict[str, int] = Field(default_factory=dict)  # per stage (filter) that dropped
+    root: str = ""  # the input file's task it descends from (continuous jobs)
 
 
 class TasksDone(Message):
@@ -313,6 +264,7 @@ class TasksDone(Message):
     results: list[TaskResult]
     attempt: int = Field(ge=1)
     worker: str = ""
+    at: float = 0.0  # when the done record was made (a file's output time)
 
 
 class ManifestSplit(Message):
@@ -336,6 +288,7 @@ class IdsPart(Message):
     parts: int = Field(ge=1)
     ids: list[str]
     outputs: list[DataRef] = Field(default_factory=list)
+    root: str = ""  # the input file's task the owner descends from (continuous jobs)
 
 
 class TaskFailed(Message):
@@ -348,6 +301,7 @@ class TaskFailed(Message):
     traceback: str = ""
     attempts: int = Field(ge=1)
     worker: str = ""
+    root: str = ""  # the input file's task it descends from (continuous jobs)
 
 
 class TaskRetried(Message):
@@ -356,6 +310,7 @@ class TaskRetried(Message):
     job: str
     step: int = Field(ge=0)
     task_id: str
+    root: str = ""
 
 
 class ApiReply(Message):
@@ -460,6 +415,7 @@ class JobState(Message):
     archived_at: float | None = None
     error: str = ""
     trace_id: str = ""  # the job's trace (32 hex), for `gristmill trace`
+    files: FileCounts | None = None  # a continuous job's input files
 
     @property
     def finished(self) -> bool:

@@ -4,9 +4,10 @@ inbox prefix.
 All users live in one account (see docs/teams.md for why not one account per team). A team's
 user may only send requests to its own API subjects and read its own events, dead letters and
 spans through ephemeral ordered consumers; replies reach it on an inbox no other user may
-subscribe to. It cannot touch any other subject, stream, consumer or KV bucket, its own tasks
-stream and buckets included (what a team changes, it changes through the service's API, which
-checks it). The service's own users may do everything.
+subscribe to. It may also notify its continuous jobs of new files (`gm.<team>.ingest.<job>`,
+which the planner checks). It cannot touch any other subject, stream, consumer or KV bucket,
+its own tasks stream and buckets included (what a team changes, it changes through the
+service's API, which checks it). The service's own users may do everything.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def readable_streams(team: str) -> list[str]:
 
 def team_permissions(team: str) -> dict[str, Any]:
     """The server-side permissions of `team`'s user: an allow list, nothing else."""
-    publish = [f"{PREFIX}.{check_token('team', team)}.api.>"]
+    own = f"{PREFIX}.{check_token('team', team)}"
+    publish = [f"{own}.api.>", f"{own}.ingest.*"]  # requests, and new-file notifications
     for stream in readable_streams(team):
         publish += [
             f"$JS.API.STREAM.INFO.{stream}",

@@ -11,6 +11,7 @@ idempotently at start-up (the same call on every service start; a changed limit 
 | KV gm_<team>_done        | one record per finished manifest         | latest value         |
 | KV gm_<team>_assignments | the steps each worker pulls              | latest value         |
 | KV gm_<team>_workers     | heartbeats                               | expire after a TTL   |
+| KV gm_<team>_ingest      | continuous jobs: files seen, files done  | latest value         |
 
 Nothing that is work or the record of work may be discarded: the tasks, events and dead-letter
 streams refuse a publish when full (`discard: new`), publishers wait and retry
@@ -43,7 +44,7 @@ __all__ = [
     "stream_of",
 ]
 
-BUCKETS = ("jobs", "done", "assignments", "workers")
+BUCKETS = ("jobs", "done", "assignments", "workers", "ingest")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
     gm.<team>.api.<verb>            requests (submit, status, ...)
     gm.<team>.dlq.<job>.<step>      tasks that failed their last attempt, with the error
     gm.<team>.span.<job>.<kind>     trace spans of a job's task attempts
+    gm.<team>.ingest.<job>          notifications of new input files of a continuous job
 
 A team owns `gm.<team>.>`: its NATS user may reach nothing else.
 """
@@ -26,6 +27,8 @@ __all__ = [
     "dlq_subject",
     "event_filter",
     "event_subject",
+    "ingest_filter",
+    "ingest_subject",
     "parse_subject",
     "span_subject",
     "stream_subjects",
@@ -36,7 +39,7 @@ __all__ = [
 PREFIX = "gm"
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
-Kind = Literal["task", "event", "api", "dlq", "span"]
+Kind = Literal["task", "event", "api", "dlq", "span", "ingest"]
 
 
 class SubjectError(GristmillError, ValueError):
@@ -79,6 +82,16 @@ def span_subject(team: str, job: str, kind: str) -> str:
     return _subject(team, "span", ("job", job), ("span kind", kind))
 
 
+def ingest_subject(team: str, job: str) -> str:
+    """Where notifications of new input files of continuous job `job` go."""
+    return _subject(team, "ingest", ("job", job))
+
+
+def ingest_filter(team: str) -> str:
+    """Every notification of the team (the planner's subscription)."""
+    return f"{PREFIX}.{check_token('team', team)}.ingest.*"
+
+
 def stream_subjects(team: str, kind: Kind) -> str:
     """Every subject of one kind of a team (what its stream holds)."""
     return f"{PREFIX}.{check_token('team', team)}.{kind}.>"
@@ -119,7 +132,7 @@ class Subject:
 def parse_subject(subject: str) -> Subject:
     """The parts of a subject built by this module; anything else is an error naming it."""
     parts = subject.split(".")
-    shapes = {"task": 5, "event": 5, "api": 4, "dlq": 5, "span": 5}
+    shapes = {"task": 5, "event": 5, "api": 4, "dlq": 5, "span": 5, "ingest": 4}
     if (
         len(parts) < 3
         or parts[0] != PREFIX
@@ -138,4 +151,6 @@ def parse_subject(subject: str) -> Subject:
         return Subject(team, "dlq", job=parts[3], step=parts[4])
     if kind == "span":
         return Subject(team, "span", job=parts[3], event=parts[4])
+    if kind == "ingest":
+        return Subject(team, "ingest", job=parts[3])
     return Subject(team, "api", verb=parts[3])

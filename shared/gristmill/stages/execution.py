@@ -167,7 +167,9 @@ def _adopt(
             # the parent's, and siblings must not append to one another's history.
             inherited = single or child
             child.dataset_name = child.dataset_name or inherited.dataset_name
-            child._metadata = dict(child._metadata or inherited._metadata)
+            # The parent's metadata carries on under what the child set itself (a filter that
+            # recorded drops must not lose the batch's source files, say).
+            child._metadata = {**inherited._metadata, **child._metadata}
             child._stage_perf = list(child._stage_perf or inherited._stage_perf)
         _settle_drops(child, inherited_drops if index == 0 else [], inherited_drops)
     if not children and inherited_drops:

@@ -7,6 +7,9 @@ for any document. Records are grouped per stage call and stored column-wise to s
     {"stage": "WordCountFilter", "reason": "score < 50", "threshold": 50,
      "ids": ["doc-1", "doc-7"], "scores": [12, 3]}
 
+A duplicate's group also names the document kept in its place and, when known, where that
+one came from: {"duplicate_of": "doc-3", "duplicate_source": "data/part-0.jsonl"}.
+
 On fan-out the records go to the first child only, so every drop is persisted exactly once.
 """
 
@@ -40,9 +43,11 @@ def record_drops(
     scores: Sequence[Any] | None = None,
     threshold: Any = None,
     duplicate_of: str | None = None,
+    duplicate_source: str | None = None,
 ) -> None:
     """Note that `stage` removed the documents `ids` from `task`'s lineage, and why (for a
-    duplicate, `duplicate_of` names the document kept in their place)."""
+    duplicate, `duplicate_of` names the document kept in their place and `duplicate_source`
+    the input it came from)."""
     if not ids:
         return
     group: dict[str, Any] = {"stage": stage, "reason": reason, "ids": [str(i) for i in ids]}
@@ -50,6 +55,8 @@ def record_drops(
         group["threshold"] = threshold
     if duplicate_of is not None:
         group["duplicate_of"] = duplicate_of
+    if duplicate_source is not None:
+        group["duplicate_source"] = duplicate_source
     if scores is not None:
         if len(scores) != len(ids):
             raise ValueError(f"{stage}: {len(ids)} dropped ids but {len(scores)} scores")
@@ -77,14 +84,15 @@ def drop_groups(task: Task[Any]) -> list[dict[str, Any]]:
 
 
 def iter_drops(groups: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """One flat record per dropped document: id, stage, reason, and score/threshold if known."""
+    """One flat record per dropped document: id, stage, reason, and score, threshold,
+    duplicate_of and duplicate_source where known."""
     for group in groups:
         scores = group.get("scores")
         for index, doc_id in enumerate(group["ids"]):
             record = {"id": doc_id, "stage": group["stage"], "reason": group["reason"]}
             if scores is not None:
                 record["score"] = scores[index]
-            for key in ("threshold", "duplicate_of"):
+            for key in ("threshold", "duplicate_of", "duplicate_source"):
                 if key in group:
                     record[key] = group[key]
             yield record

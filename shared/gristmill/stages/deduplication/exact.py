@@ -14,6 +14,11 @@ the whole corpus:
 `gristmill.workflows.ExactDeduplicationWorkflow` runs steps 1 and 2; add its `removal_stage()`
 to your pipeline. Documents need stable ids: read with the same reader settings and `AddId`
 in both runs.
+
+Or in one pass, against a persistent index shared by every run (`DedupIndex`, in
+`gristmill.stages.deduplication.index`): `ExactDuplicateRemoval(index="web")` keeps the first
+document to claim each hash, now or in any earlier run, and drops the rest as it goes, so a
+later backfill dedups against everything kept before.
 """
 
 from __future__ import annotations
@@ -26,9 +31,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gristmill import fs
+from gristmill.errors import GristmillError
 from gristmill.stages.base import ProcessingStage
+from gristmill.stages.deduplication.index import (
+    Claim,
+    DedupIndex,
+    default_index_root,
+    index_path,
+)
 from gristmill.stages.resources import WorkerMetadata
-from gristmill.tasks import DocumentBatch, FileGroupTask, check_task_id, record_drops
+from gristmill.tasks import DROPS_KEY, DocumentBatch, FileGroupTask, check_task_id, record_drops
 
 __all__ = [
     "DuplicateFinder",
@@ -158,23 +170,70 @@ class DuplicateFinder(ProcessingStage[FileGroupTask, FileGroupTask]):
 
 
 class ExactDuplicateRemoval(ProcessingStage[DocumentBatch, DocumentBatch]):
-    """Drops the documents `DuplicateFinder` listed under `duplicates_path`, recording each.
+    """Drops exact duplicates, recording each: those `DuplicateFinder` listed under
+    `duplicates_path`, or, with `index`, every document whose hash a shared `DedupIndex` has
+    seen already. Give exactly one of the two.
 
-    The list of duplicate ids (not the corpus) is loaded once per worker in `setup`.
+    With `duplicates_path`, the list of duplicate ids (not the corpus) is loaded once per
+    worker in `setup`.
+
+    With `index` (a name, under `index_root` or `default_index_root()`), each batch claims the
+    hash of every document: `hash_field`'s hex hashes when the batch has that column, else
+    the MD5 of `text_field` (normalised with `normalize`), as `ExactDuplicateHasher` makes
+    them. A document is kept when it owns its hash: the first to claim it, in this run or any
+    earlier one sharing the index. The claimant is `<index_owner>/<task id>`; task ids are
+    repeatable, so a retried task keeps what it kept before, while another job (another
+    `index_owner`) reading the same file finds its documents claimed. `shards` applies when
+    the index is created.
     """
 
     name = "exact_duplicate_removal"
 
-    def __init__(self, duplicates_path: str, id_field: str = "id"):
+    def __init__(
+        self,
+        duplicates_path: str | None = None,
+        id_field: str = "id",
+        *,
+        index: str | None = None,
+        index_root: str | None = None,
+        index_owner: str = "",
+        text_field: str = "text",
+        hash_field: str | None = None,
+        normalize: bool = False,
+        shards: int = 256,
+    ):
+        if (duplicates_path is None) == (index is None):
+            given = "both" if duplicates_path is not None else "neither"
+            raise GristmillError(
+                f"stage '{self.name}': give exactly one of duplicates_path (the lists "
+                f"DuplicateFinder wrote) or index (the name of a shared dedup index); "
+                f"{given} was given"
+            )
+        if index is not None:
+            index_path(index_root or default_index_root(), index)  # a bad name fails here
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise GristmillError(f"stage '{self.name}': shards must be an int >= 1, got {shards!r}")
         self.duplicates_path, self.id_field = duplicates_path, id_field
+        self.index, self.index_root, self.index_owner = index, index_root, index_owner
+        self.text_field, self.hash_field, self.normalize = text_field, hash_field, normalize
+        self.shards = shards
         self._kept_for: dict[str, str] | None = None
+        self._index: DedupIndex | None = None
 
     def inputs(self) -> tuple[list[str], list[str]]:
-        """The id column."""
-        return [], [self.id_field]
+        """The id column, and with an index the text to hash (with `hash_field`, either that
+        column or the text will do, which `process` checks)."""
+        if self.index is None or self.hash_field is not None:
+            return [], [self.id_field]
+        return [], [self.id_field, self.text_field]
 
     def setup(self, worker_metadata: WorkerMetadata | None = None) -> None:
-        """Load the duplicate ids."""
+        """Load the duplicate ids, or open the index."""
+        if self.index is not None:
+            root = index_path(self.index_root or default_index_root(), self.index)
+            self._index = DedupIndex(root, self.shards)
+            return
+        assert self.duplicates_path is not None  # __init__ insists on one of the two
         files = fs.expand_paths(self.duplicates_path, [".parquet"], self.name)
         tables = [pq.read_table(pa.BufferReader(fs.read_bytes(f))) for f in files]
         merged = pa.concat_tables(tables) if tables else pa.table({"id": [], "kept_id": []})
@@ -182,10 +241,16 @@ class ExactDuplicateRemoval(ProcessingStage[DocumentBatch, DocumentBatch]):
             zip(merged.column("id").to_pylist(), merged.column("kept_id").to_pylist(), strict=True)
         )
 
+    def teardown(self) -> None:
+        """Let go of the duplicate ids or the index's cached shards."""
+        self._kept_for, self._index = None, None
+
     def process(self, task: DocumentBatch) -> DocumentBatch:
         """The batch without its duplicates."""
-        if self._kept_for is None:
+        if self._kept_for is None and self._index is None:
             self.setup()
+        if self._index is not None:
+            return self._remove_claimed(task, self._index)
         kept_for = self._kept_for or {}
         table = task.to_pyarrow()
         ids = table.column(self.id_field).to_pylist()
@@ -198,3 +263,56 @@ class ExactDuplicateRemoval(ProcessingStage[DocumentBatch, DocumentBatch]):
         for kept, dropped in by_kept.items():
             record_drops(out, self.name, dropped, f"exact duplicate of {kept}", duplicate_of=kept)
         return out
+
+    def _remove_claimed(self, task: DocumentBatch, index: DedupIndex) -> DocumentBatch:
+        """Claim every document's hash; keep the owners, record the others as duplicates."""
+        table = task.to_pyarrow()
+        ids = [str(i) for i in table.column(self.id_field).to_pylist()]
+        owner = f"{self.index_owner}/{task.task_id}"
+        source = _source_of(task)
+        claims = [
+            Claim(hash=h, doc_id=i, owner=owner, source=source)
+            for h, i in zip(self._hashes(table), ids, strict=True)
+        ]
+        owners = index.claim(claims)
+        keep = [won is mine for won, mine in zip(owners, claims, strict=True)]
+        # Keep the batch's other metadata (its source files); drops are settled by the executor.
+        metadata = {k: v for k, v in task._metadata.items() if k != DROPS_KEY}
+        kept = table if all(keep) else table.filter(pa.array(keep, pa.bool_()))
+        out = DocumentBatch(data=kept, _metadata=metadata)
+        by_owner: dict[tuple[str, str], list[str]] = {}
+        for won, mine, kept_it in zip(owners, claims, keep, strict=True):
+            if not kept_it:
+                by_owner.setdefault((won.doc_id, won.source), []).append(mine.doc_id)
+        for (kept_id, kept_source), dropped in by_owner.items():
+            record_drops(
+                out,
+                self.name,
+                dropped,
+                f"exact duplicate of {kept_id}",
+                duplicate_of=kept_id,
+                duplicate_source=kept_source,
+            )
+        return out
+
+    def _hashes(self, table: pa.Table) -> list[str]:
+        """Each document's hex hash: the hash column when there is one, else the text's MD5."""
+        if self.hash_field is not None and self.hash_field in table.column_names:
+            return [str(h).lower() for h in table.column(self.hash_field).to_pylist()]
+        if self.text_field not in table.column_names:
+            wanted = " or ".join(repr(c) for c in (self.hash_field, self.text_field) if c)
+            raise GristmillError(
+                f"stage '{self.name}': the batch has no column {wanted} to hash; "
+                f"set text_field (or hash_field) to a column it has: {table.column_names}"
+            )
+        prepare = normalize_text if self.normalize else (lambda t: t)
+        return [
+            hashlib.md5(prepare(t).encode(), usedforsecurity=False).hexdigest()
+            for t in table.column(self.text_field).to_pylist()
+        ]
+
+
+def _source_of(task: DocumentBatch) -> str:
+    """Where a batch's documents came from, for people: its reader's file(s), else its id."""
+    files = [str(f) for f in task._metadata.get("source_files") or []]
+    return ",".join(files) if files else task.task_id

@@ -25,9 +25,11 @@ from gristmill.tasks import (
     iter_drops,
 )
 
-__all__ = ["BaseWriter", "JsonlWriter", "ParquetWriter", "WriteMode"]
+__all__ = ["DROPS_FILE_KEY", "BaseWriter", "JsonlWriter", "ParquetWriter", "WriteMode"]
 
 WriteMode = Literal["overwrite", "ignore", "error"]
+# A writer's output notes the file its drop records went to (when it wrote one).
+DROPS_FILE_KEY = "drops_file"
 
 
 class BaseWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
@@ -91,13 +93,17 @@ class BaseWriter(ProcessingStage[DocumentBatch, FileGroupTask]):
                 with fs.atomic_write(target) as handle:
                     self.write_table(table, handle)
         groups = drop_groups(task)
+        drops_file = ""
         if groups and self.drops_path:
             lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in iter_drops(groups))
-            with fs.atomic_write(fs.join(self.drops_path, f"{task.task_id}.jsonl")) as handle:
+            drops_file = fs.join(self.drops_path, f"{task.task_id}.jsonl")
+            with fs.atomic_write(drops_file) as handle:
                 handle.write("".join(lines).encode())
         out = FileGroupTask(dataset_name=task.dataset_name, data=written)
         if kept:
             out._metadata[WRITTEN_KEY] = kept
+        if drops_file:
+            out._metadata[DROPS_FILE_KEY] = drops_file
         return out
 
 
