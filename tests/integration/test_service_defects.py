@@ -180,9 +180,9 @@ def test_unreadable_and_forged_messages_are_dead_lettered_naming_why_and_the_job
 
     async def publish_untrusted(client: ServiceClient) -> None:
         subject = task_subject("default", job, "1")
-        newer = {"schema": 5, "job": job, "step": 1, "key": "ghost", "tasks": [{"task_id": "ghost"}]}  # fmt: skip
+        newer = {"schema": 6, "job": job, "step": 1, "key": "ghost", "tasks": [{"task_id": "ghost"}]}  # fmt: skip
         await client.js.publish(subject, json.dumps(newer).encode(), headers={"Nats-Msg-Id": "v3"})
-        event = {"schema": 5, "job": job, "step": 1, "results": [{"task_id": "ghost-event"}]}
+        event = {"schema": 6, "job": job, "step": 1, "results": [{"task_id": "ghost-event"}]}
         await client.js.publish(event_subject("default", job, "task_done"), json.dumps(event).encode())  # fmt: skip
         for name, ref in forged:
             entry = TaskEntry(task_id=f"forged-{name}", inputs=[ref])
@@ -214,10 +214,10 @@ def test_unreadable_and_forged_messages_are_dead_lettered_naming_why_and_the_job
         "ghost",
         "ghost-event",
     ]
-    version = "schema: Value error, message schema 5 is not the one this gristmill speaks (4); run the same gristmill version on every service"  # fmt: skip
+    version = "schema: Value error, message schema 6 is not the one this gristmill speaks (5); run the same gristmill version on every service"  # fmt: skip
     assert letters["ghost"].failure.error.startswith(f"unreadable manifest: invalid TaskManifest: {version}")  # fmt: skip
     assert letters["ghost"].manifest is None
-    assert json.loads(letters["ghost"].raw)["schema"] == 5
+    assert json.loads(letters["ghost"].raw)["schema"] == 6
     assert letters["ghost-event"].failure.error.startswith(
         f"unreadable event on gm.default.event.{job}.task_done: invalid TasksDone: {version}"
     )
