@@ -87,9 +87,10 @@ class Puller:
         self.ask = ask
         self.handle = handle
 
-    async def run(self) -> None:
-        """Pull until the step is no longer assigned (or its consumer is gone). A failing fetch
-        (the server restarting, say) is logged and tried again: a puller never dies of it."""
+    async def run(self) -> bool:
+        """Pull until the step is no longer assigned or its consumer is gone, and say whether it
+        is gone. A failing fetch (the server restarting, say) is logged and tried again: a
+        puller never dies of it."""
         from nats.errors import TimeoutError
         from nats.js.errors import NotFoundError
 
@@ -97,6 +98,7 @@ class Puller:
         sub: Any = None
         delay = 0.1
         empty = False  # nothing was left to fetch: the next fetch waits without a turn
+        gone = False
         team = self.key[0]
         try:
             while self.share() > 0:
@@ -122,6 +124,7 @@ class Puller:
                     continue
                 except NotFoundError:
                     log.info("step %d of job %s has no consumer (ended)", self.key[2], self.key[1])
+                    gone = True
                     break
                 except Exception as exc:
                     log.warning(
@@ -149,6 +152,7 @@ class Puller:
                 await asyncio.wait(running)
         finally:
             await _unsubscribed(sub)
+        return gone
 
 
 def _drained(msgs: list[Any]) -> bool:

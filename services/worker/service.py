@@ -232,7 +232,11 @@ class WorkerService:
             ),
             handle=self._handle,
         )
-        await puller.run()
+        # The coordinator unassigns a step whose backlog empties and assigns it again with the
+        # next manifest; if that lands while this puller finishes its last batches it is not
+        # replaced (it is not done), so it pulls again for as long as the step is assigned.
+        while not await puller.run() and key in self._assigned:
+            pass
 
     async def _handle(
         self, key: tuple[str, str, int], msgs: list[Any], keeper: KeepAlive, ticket: Ticket

@@ -127,3 +127,54 @@ def test_a_drained_step_does_not_hold_its_teams_turn_from_the_step_it_feeds() ->
         assert slots.used == 0
 
     asyncio.run(scenario())
+
+
+def test_a_step_reassigned_while_its_puller_winds_down_is_still_pulled(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A step loses its assignment when its backlog empties and gets it back with its next
+    manifest. Coming back while the old puller waits for its last batch to finish, it must still
+    be pulled: the old puller ending then would leave the new manifest pending for ever."""
+    from gristmill.config import ServiceSettings
+    from gristmill.credentials import ensure_credentials
+    from services.worker.service import WorkerService
+
+    settings = ServiceSettings(
+        nats_url="nats://x", state_dir=tmp_path, store_root=str(tmp_path), teams=("web",)
+    )
+    ensure_credentials(settings.credentials, settings.teams)
+    worker = WorkerService(settings, worker_id="cpu-0")
+    consumer = Consumer([Msg("file-1", pending=0)])
+    monkeypatch.setattr(WorkerService, "_js", property(lambda self: JetStream({"j1_s1": consumer})))
+    options = SimpleNamespace(ack_wait_s=30.0, priority=0)
+    worker._records[("web", "j1")] = SimpleNamespace(  # type: ignore[assignment]
+        fingerprint="f", spec=SimpleNamespace(options=options)
+    )
+    finish = asyncio.Event()
+    handled: list[str] = []
+
+    async def handle(key: Any, msgs: list[Any], keeper: KeepAlive, ticket: Ticket) -> None:
+        handled.extend(m.name for m in msgs)
+        try:
+            if msgs[0].name == "file-1":
+                await finish.wait()  # the first file's batch is still finishing
+        finally:
+            ticket.cancel()
+            keeper.stop()
+
+    worker._handle = handle  # type: ignore[method-assign]
+    key = ("web", "j1", 1)
+
+    async def scenario() -> None:
+        await worker._on_assignment("web", {key: 1})
+        await condition(lambda: handled == ["file-1"], "the first file's batch handled")
+        await worker._on_assignment("web", {})  # its backlog is empty: unassigned
+        await condition(lambda: consumer.fetching == 0, "the old puller done fetching")
+        consumer.msgs.append(Msg("file-2", pending=0))
+        await worker._on_assignment("web", {key: 1})  # the next file's manifest: back again
+        finish.set()  # the old puller's last batch ends, and with it that puller
+        await condition(lambda: handled == ["file-1", "file-2"], "the next file pulled")
+        await worker._on_assignment("web", {})
+        await asyncio.wait_for(asyncio.gather(*worker._pullers.values()), 5.0)
+
+    asyncio.run(scenario())
