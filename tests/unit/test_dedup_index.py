@@ -194,6 +194,69 @@ def test_cached_shard_views_stay_within_the_bound_and_results_stay_right(tmp_pat
     assert DedupIndex(root, cached_shards=64).lookup(list(expected)) == expected
 
 
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every file the index reads from now on (those that exist)."""
+    read: list[str] = []
+    real = fs.read_bytes
+
+    def counted(path: str) -> bytes:
+        payload = real(path)
+        read.append(path)
+        return payload
+
+    monkeypatch.setattr(fs, "read_bytes", counted)
+    return read
+
+
+def test_a_batch_over_every_shard_rereads_no_shard_with_the_default_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch of a thousand documents touches all 256 shards; a cache smaller than that
+    # evicted views on every batch and read each shard's whole history again.
+    index = DedupIndex(str(tmp_path / "idx"))
+    for batch in range(3):
+        index.claim(
+            [Claim(_hash_in_shard(s, batch), f"d{batch}-{s}", "o/t", "src") for s in range(256)]
+        )
+    read = _reads(monkeypatch)
+    owners = index.claim([Claim(_hash_in_shard(s, 9), f"d9-{s}", "o/t", "src") for s in range(256)])
+    assert [o.doc_id for o in owners] == [f"d9-{s}" for s in range(256)]
+    assert read == []
+
+
+def test_a_fresh_reader_of_a_long_shard_reads_its_newest_base_and_the_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = str(tmp_path / "idx")
+    writer = DedupIndex(root, shards=1)
+    for n in range(150):  # 150 commits of one claim: bases at 64 and 128, a tail of 22
+        writer.claim([Claim(_hash_in_shard(0, n), f"d{n}", f"o/t{n}", "src")])
+    assert fs.exists(f"{root}/shard=0/base/0000000064.parquet")
+    assert fs.exists(f"{root}/shard=0/base/0000000128.parquet")
+    read = _reads(monkeypatch)
+    fresh = DedupIndex(root, shards=1)
+    wanted = [_hash_in_shard(0, n) for n in range(151)]
+    found = fresh.lookup(wanted)
+    assert sorted(c.doc_id for c in found.values()) == sorted(f"d{n}" for n in range(150))
+    assert read == [  # (the header is read by write_once, not counted here)
+        f"{root}/shard=0/base/0000000128.parquet",
+        *(f"{root}/shard=0/{seq:010d}.parquet" for seq in range(128, 150)),
+    ]
+    # The base holds what the segments hold: a claim of an old hash still loses to its owner.
+    [owner] = fresh.claim([Claim(_hash_in_shard(0, 3), "late", "o/late", "src")])
+    assert owner == Claim(_hash_in_shard(0, 3), "d3", "o/t3", "src")
+
+
+def test_a_missing_base_only_means_reading_more_segments(tmp_path: Path) -> None:
+    root = str(tmp_path / "idx")
+    writer = DedupIndex(root, shards=1)
+    for n in range(130):
+        writer.claim([Claim(_hash_in_shard(0, n), f"d{n}", f"o/t{n}", "src")])
+    os.remove(f"{root}/shard=0/base/0000000128.parquet")  # a writer died before writing it
+    found = DedupIndex(root, shards=1).lookup([_hash_in_shard(0, n) for n in range(130)])
+    assert len(found) == 130
+
+
 def test_index_names_are_checked_before_they_choose_a_path(tmp_path: Path) -> None:
     assert index_path(str(tmp_path), "web-2024_q1") == f"{tmp_path}/web-2024_q1"
     assert index_path("s3://bucket/indexes/", "a") == "s3://bucket/indexes/a"

@@ -8,6 +8,9 @@ Layout under the index's root (a local path or an fsspec URL):
     root/index.json                      {"format": 1, "shards": 256}, written once
     root/shard=<n>/<seq:010d>.parquet    segment `seq` of shard n: columns hash, doc_id,
                                          owner, source (strings); seq counts from 0
+    root/shard=<n>/base/<seq:010d>.parquet
+                                         a base: every claim of segments 0 .. seq-1, one
+                                         row per hash, sorted by hash; seq a multiple of 64
 
 The shard of a hash is its first 8 hex digits, as an integer, modulo the shard count. Each
 shard is an append-only log: a writer reads every segment, then writes the next one with the
@@ -20,9 +23,20 @@ filesystems (a hard link to a complete file). On object stores (`s3://`, ...) tw
 writers of one segment may both believe they won; one of them is then wrong about the hashes
 it claimed. Segments are small and many (one per commit); compacting them is future work.
 
+A shard grows by one segment per commit that touches it, and a batch of a thousand documents
+touches every shard of 256. So that a reader new to a shard (a restarted worker, another job)
+does not read its whole history file by file, the writer of every 64th segment also writes a
+base: the shard's claims up to there, in one file. A reader starts from the newest base it
+finds (probing 64, 128, 256, ... then bisecting) and reads only the segments after it. A base
+holds exactly what its segments hold and its bytes are the same whoever writes it, so it is
+written with `write_once` too, and a base that is missing (its writer died first) only means
+reading more segments. Segments are kept: the files of a long-lived index grow in number;
+pruning the ones below a base is future work.
+
 Memory: at most `cached_shards` shard views are held, least recently used out first, so a
-process holds about (index size x cached_shards / shards). An index is not thread-safe: use
-one per thread.
+process holds about (index size x cached_shards / shards). The default holds them all: a
+batch touches every shard, and a cache smaller than the shard count would read each evicted
+shard again on every batch. An index is not thread-safe: use one per thread.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from gristmill.errors import GristmillError
 __all__ = ["Claim", "DedupIndex", "default_index_root", "index_path"]
 
 INDEX_FORMAT = 1
+BASE_EVERY = 64  # segments between bases of a shard
 _INDEX_FILE = "index.json"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _HASH = re.compile(r"[0-9a-f]{8,}")
@@ -91,19 +106,19 @@ class DedupIndex:
 
     `shards` is fixed when the index is first created (in `root/index.json`); an existing index
     keeps its own count whatever is passed, and `self.shards` says which is in use.
-    `cached_shards` bounds how many shard views stay in memory.
+    `cached_shards` bounds how many shard views stay in memory (all of them by default).
     """
 
-    def __init__(self, root: str, shards: int = 256, cached_shards: int = 64):
+    def __init__(self, root: str, shards: int = 256, cached_shards: int | None = None):
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise GristmillError(f"dedup index {root}: shards must be an int >= 1, got {shards!r}")
-        if cached_shards < 1:
+        if cached_shards is not None and cached_shards < 1:
             raise GristmillError(
                 f"dedup index {root}: cached_shards must be >= 1, got {cached_shards!r}"
             )
         self.root = root
-        self.cached_shards = cached_shards
         self.shards = self._settle_shard_count(shards)
+        self.cached_shards = self.shards if cached_shards is None else cached_shards
         self._views: OrderedDict[int, _ShardView] = OrderedDict()
 
     def _settle_shard_count(self, shards: int) -> int:
@@ -189,7 +204,7 @@ class DedupIndex:
         cached are read without being cached)."""
         total = 0
         for shard in range(self.shards):
-            view = self._views.get(shard) or _ShardView()
+            view = self._views.get(shard) or self._based(shard)
             self._refresh(shard, view)
             total += len(view.claims)
         return total
@@ -209,6 +224,8 @@ class DedupIndex:
             # Equal bytes from another writer hold equal claims: winning or losing is the same.
             if stored == ours:
                 _apply(view, new)
+                if view.next_seq % BASE_EVERY == 0:  # the view is exactly segments < next_seq
+                    fs.write_once(self._base_path(shard, view.next_seq), _encode_base(view))
                 continue
             _apply(view, _decode(stored, path, self.root))
             # Others may have written more segments since: read them before trying again.
@@ -217,7 +234,7 @@ class DedupIndex:
     def _view(self, shard: int) -> _ShardView:
         """The shard's view, brought up to date, most recently used now; evicts the least
         recently used view beyond `cached_shards`."""
-        view = self._views.pop(shard, None) or _ShardView()
+        view = self._views.pop(shard, None) or self._based(shard)
         self._refresh(shard, view)
         self._views[shard] = view
         while len(self._views) > self.cached_shards:
@@ -235,8 +252,36 @@ class DedupIndex:
             _apply(view, _decode(payload, path, self.root))
             view.next_seq += 1
 
+    def _based(self, shard: int) -> _ShardView:
+        """A new view of the shard from its newest base found (empty where it has none)."""
+        view = _ShardView()
+        seq = self._newest_base(shard)
+        if seq:
+            path = self._base_path(shard, seq)
+            _apply(view, _decode(fs.read_bytes(path), path, self.root))
+            view.next_seq = seq
+        return view
+
+    def _newest_base(self, shard: int) -> int:
+        """The seq of a base of the shard, the newest where none is missing below it: 64, 128,
+        256, ... are probed until one is absent, then the gap is bisected. 0: none found."""
+        found, probe = 0, BASE_EVERY
+        while fs.exists(self._base_path(shard, probe)):
+            found, probe = probe, probe * 2
+        low, high = found // BASE_EVERY, probe // BASE_EVERY  # low exists (or is 0), high not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if fs.exists(self._base_path(shard, middle * BASE_EVERY)):
+                low = middle
+            else:
+                high = middle
+        return low * BASE_EVERY
+
     def _segment_path(self, shard: int, seq: int) -> str:
         return fs.join(self.root, f"shard={shard}/{seq:010d}.parquet")
+
+    def _base_path(self, shard: int, seq: int) -> str:
+        return fs.join(self.root, f"shard={shard}/base/{seq:010d}.parquet")
 
 
 def _apply(view: _ShardView, claims: list[Claim]) -> None:
@@ -244,6 +289,11 @@ def _apply(view: _ShardView, claims: list[Claim]) -> None:
     owner's (it can appear twice only where two writers both won, on an object store)."""
     for item in claims:
         view.claims.setdefault(item.hash, item)
+
+
+def _encode_base(view: _ShardView) -> bytes:
+    """A view's claims as a base: sorted by hash, so that every writer writes the same bytes."""
+    return _encode([view.claims[h] for h in sorted(view.claims)])
 
 
 def _encode(claims: list[Claim]) -> bytes:
