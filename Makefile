@@ -9,7 +9,7 @@ PYTEST    ?= $(BIN)/pytest
 venv: $(STAMP)
 
 # Re-install whenever the project's dependencies change.
-$(STAMP): pyproject.toml scripts/find-python shared/gristmill/_native/textscan.c
+$(STAMP): pyproject.toml scripts/find-python shared/gristmill/_native/textscan.c shared/gristmill/_native/minhash.c
 	@py=$$(scripts/find-python) || exit 1; \
 	if [ ! -x $(BIN)/python ] || ! $(BIN)/python -c 'import sys; raise SystemExit(sys.version_info[:2] != (3, 12))'; then \
 		echo "creating $(VENV) with $$py"; rm -rf $(VENV); "$$py" -m venv $(VENV) || exit 1; \
