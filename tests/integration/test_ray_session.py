@@ -87,7 +87,11 @@ def test_xenna_runs_beside_another_ray_on_the_same_machine(
         assert other.poll() is None
     finally:
         other.send_signal(signal.SIGINT)
-        other.wait(timeout=60)
+        try:
+            other.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # its ray.shutdown() hung (a loaded machine): not ours
+            other.kill()
+            other.wait(timeout=30)
 
 
 def test_a_state_directory_too_deep_for_rays_sockets_still_starts_ray(
