@@ -14,7 +14,9 @@ import pytest
 
 from gristmill.bus import ContinuousOptions, JobSpec, JobState
 from gristmill.client import JobRejected
-from gristmill.pipeline.spec import load_spec
+from gristmill.pipeline import Pipeline
+from gristmill.pipeline.spec import load_spec, stage_from_spec
+from gristmill.stages.text.io import JsonlReader
 
 from service_helpers import ROOT, client_call, service_under, until
 
@@ -163,6 +165,58 @@ def test_a_batch_backfill_and_a_continuous_job_dedup_against_each_other(tmp_path
         within = done.steps[1].dropped_by.get("exact_duplicate_removal", 0)  # its own repeats
         assert state.steps[1].dropped_by["exact_duplicate_removal"] == done.items_out + within
         client_call(service, lambda c: c.stop(live))
+
+
+FUZZY = ROOT / "examples" / "pipelines" / "fuzzy_continuous.yaml"
+
+
+def test_a_continuous_job_drops_near_duplicates_of_an_earlier_file(tmp_path: Path) -> None:
+    inbox, out, local = tmp_path / "in", tmp_path / "out", tmp_path / "local"
+    inbox.mkdir()
+    # A light edit of every document of part-000, under new ids: near, not exact, duplicates.
+    rows = [json.loads(line) for line in (DATA / "part-000.jsonl").read_text().splitlines()]
+    edited = [{"id": f"near-{r['id']}", "text": r["text"].replace(" the ", " a ", 1) + " Copy."} for r in rows]  # fmt: skip
+    near = tmp_path / "near.jsonl"
+    near.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    pipeline = load_spec(str(FUZZY))
+    # What the same stages keep of each file on LocalExecutor, with an index of their own.
+    expected, fuzzy_local = [], 0
+    for path in (DATA / "part-000.jsonl", near):
+        stages = [JsonlReader(str(path))]
+        stages += [stage_from_spec(s, n) for n, s in enumerate(pipeline.stages[1:-1], 2)]
+        for stage in stages:
+            if getattr(stage, "index", None):
+                stage.index_root, stage.index_owner = str(local), f"local-{path.name}"
+        outputs = Pipeline("local", stages).run()
+        expected.append(sum(t.num_items for t in outputs))
+        fuzzy_local += sum(len(g["ids"]) for t in outputs for g in t._metadata.get("drops", []) if g["stage"] == "fuzzy_duplicate_removal")  # fmt: skip
+    assert expected[0] > 100
+    assert expected[1] < 5  # almost every edited document is caught
+
+    raw = pipeline.to_dict()
+    raw["stages"][-1].setdefault("params", {})["drops_path"] = str(out / "drops")
+    spec = JobSpec(team="default", request_id="fz", pipeline=raw, inputs=[str(inbox)], output=str(out), continuous=ContinuousOptions(poll_s=0.2))  # fmt: skip
+    with service_under(tmp_path) as service:
+        job = client_call(service, lambda c: c.submit(spec))
+        first = _drop(DATA / "part-000.jsonl", inbox, "a.jsonl")
+        assert _done(service, job, 1).items_out == expected[0]
+        _drop(near, inbox, "b.jsonl")
+        state = _done(service, job, 2)
+        assert state.items_out == expected[0] + expected[1]
+        assert state.items_in == state.items_out + state.items_dropped == 300
+        fuzzy = sum(step.dropped_by.get("fuzzy_duplicate_removal", 0) for step in state.steps)
+        assert fuzzy == fuzzy_local > expected[0] - 10
+
+        # A document of a.jsonl that was kept, whose edited copy was not (nor an exact copy).
+        written = set(_output_ids(out))
+        texts = {r["id"]: r["text"] for r in rows}
+        kept = next(i for i in sorted(written) if " the " in texts.get(i, "") and f"near-{i}" not in written)  # fmt: skip
+        fate = client_call(service, lambda c: c.why(job, f"near-{kept}"))
+        assert fate["fate"] == "dropped"
+        assert fate["stage"] == "fuzzy_duplicate_removal"
+        assert fate["reason"] == f"fuzzy duplicate of {kept}"
+        assert (fate["duplicate_of"], fate["duplicate_source"]) == (kept, str(first))
+        client_call(service, lambda c: c.stop(job))
 
 
 def test_hidden_and_changed_files_are_never_taken_again(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -30,6 +31,7 @@ from gristmill.executors.service import JobFailed, ServiceExecutor  # noqa: E402
 from gristmill.executors.xenna import XennaExecutor  # noqa: E402
 from gristmill.stages.text.io import AddId, JsonlReader, JsonlWriter  # noqa: E402
 from gristmill.stages.text.presets import quality_filters  # noqa: E402
+from gristmill.workflows import FuzzyDeduplicationWorkflow  # noqa: E402
 
 from ray_stages import (  # noqa: E402
     AddOne,
@@ -175,6 +177,44 @@ def test_text_pipeline_writes_the_documents_local_writes(
     assert _written(tmp_path / name / "data") == expected
     assert _written_drops(tmp_path / name / "drops") == _written_drops(tmp_path / "local" / "drops")
     assert sorted(p.name for p in (tmp_path / name / "data").iterdir()) == sorted(p.name for p in (tmp_path / "local" / "data").iterdir())  # fmt: skip
+
+
+def _near_duplicates(tmp_path: Path) -> str:
+    """The sample corpus's documents in three files, with light edits of a few of them."""
+    rows = [json.loads(line) for p in sorted((EXAMPLES / "data").glob("*.jsonl")) for line in p.read_text().splitlines()]  # fmt: skip
+    edits = [(" the ", " a "), (". ", "; "), (" and ", " & ")]
+    copies = [{"id": f"near-{n:02d}", "text": rows[n * 7]["text"].replace(*edits[n % 3], 1)} for n in range(40)]  # fmt: skip
+    source = tmp_path / "near"
+    source.mkdir()
+    everything = rows + copies
+    for part in range(3):
+        (source / f"part-{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in everything[part::3]))  # fmt: skip
+    return str(source)
+
+
+def _fuzzy_duplicates(source: str, base: Path, executor: BaseExecutor) -> dict[str, str]:
+    workflow = FuzzyDeduplicationWorkflow(
+        [JsonlReader(source)],
+        str(base / "dups"),
+        str(base / "cache"),
+        num_shards=4,
+        num_partitions=4,
+    )
+    found = workflow.run(executor)
+    tables = [pq.read_table(p) for p in sorted((base / "dups").glob("*.parquet"))]
+    listed = {i: k for t in tables for i, k in zip(t["id"].to_pylist(), t["kept_id"].to_pylist(), strict=True)}  # fmt: skip
+    assert found == len(listed)
+    return listed
+
+
+@pytest.mark.parametrize("name", ["xenna-streaming", "xenna-batch", "ray-data", "service"])
+def test_fuzzy_dedup_removes_the_same_documents_on_every_executor(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    source = _near_duplicates(tmp_path)
+    expected = _fuzzy_duplicates(source, tmp_path / "local", LocalExecutor())
+    assert len(expected) >= 40  # every planted copy, and the corpus's own near-duplicates
+    assert _fuzzy_duplicates(source, tmp_path / name, _executor(name, request)) == expected
 
 
 def _written_drops(directory: Path) -> list[tuple[str, str]]:
