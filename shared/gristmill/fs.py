@@ -27,6 +27,7 @@ __all__ = [
     "list_files",
     "read_bytes",
     "read_range",
+    "remove_file",
     "remove_tree",
     "tree_size",
     "write_once",
@@ -147,6 +148,22 @@ def read_range(path: str, offset: int, length: int) -> bytes:
     fs, stripped = _fs(path)
     data: bytes = fs.cat_file(stripped, start=offset, end=offset + length)
     return data
+
+
+def remove_file(path: str) -> bool:
+    """Remove one file; False when there was none."""
+    local = _local(path)
+    if local is not None:
+        try:
+            os.remove(local)
+        except FileNotFoundError:
+            return False
+        return True
+    fs, stripped = _fs(path)
+    if not fs.exists(stripped):
+        return False
+    fs.rm_file(stripped)
+    return True
 
 
 def remove_tree(path: str) -> bool:

@@ -12,6 +12,7 @@ The method is explained in `gristmill.stages.deduplication.fuzzy` (steps 1-5) an
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from typing import Any
@@ -41,6 +42,8 @@ from gristmill.stages.deduplication.fuzzy import (
 from gristmill.tasks import FileGroupTask, Task, content_task_id
 
 __all__ = ["FuzzyDeduplicationWorkflow"]
+
+_LIST = re.compile(r"/duplicates-(\d+)\.parquet$")
 
 
 def _part_of(path: str, key: str) -> int:
@@ -259,9 +262,16 @@ class FuzzyDeduplicationWorkflow:
                 write_duplicates(
                     fs.join(self.output_path, f"duplicates-{part}.parquet"), [], [], []
                 )
-        lists = fs.expand_paths(self.output_path, [".parquet"], "fuzzy dedup")
+        # Lists an earlier run with more partitions left would be read by the removal stage.
+        ours = []
+        for path in fs.expand_paths(self.output_path, [".parquet"], "fuzzy dedup"):
+            named = _LIST.search(path)
+            if named and int(named.group(1)) >= self.num_partitions:
+                fs.remove_file(path)
+            else:
+                ours.append(path)
         return sum(
-            pq.ParquetFile(pa.BufferReader(fs.read_bytes(f))).metadata.num_rows for f in lists
+            pq.ParquetFile(pa.BufferReader(fs.read_bytes(f))).metadata.num_rows for f in ours
         )
 
     def removal_stage(self) -> FuzzyDuplicateRemoval:

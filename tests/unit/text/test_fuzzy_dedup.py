@@ -239,6 +239,28 @@ def test_a_rerun_over_the_same_cache_lists_the_same_duplicates(tmp_path: Path) -
     assert run() == first
 
 
+def test_a_rerun_with_fewer_partitions_leaves_no_stale_list(tmp_path: Path) -> None:
+    rows = _planted(seed=15, copies=30)
+    source = _write(tmp_path / "in" / "docs.jsonl", rows)
+
+    def run(partitions: int) -> int:
+        return FuzzyDeduplicationWorkflow(
+            [JsonlReader(file_paths=source)],
+            str(tmp_path / "dups"),
+            str(tmp_path / "cache"),
+            num_partitions=partitions,
+        ).run()
+
+    found = run(8)
+    assert len(list((tmp_path / "dups").glob("*.parquet"))) == 8
+    assert run(3) == found == len(_listed(tmp_path / "dups"))
+    assert sorted(p.name for p in (tmp_path / "dups").glob("*.parquet")) == [
+        "duplicates-0.parquet",
+        "duplicates-1.parquet",
+        "duplicates-2.parquet",
+    ]
+
+
 def _components(edges: list[tuple[str, str]], partitions: int, path: Path) -> dict[str, str]:
     """Label propagation through ConnectedComponentsStage, partition by partition, round
     after round, as the workflow drives it; node -> label."""
