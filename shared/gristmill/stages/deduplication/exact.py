@@ -38,6 +38,7 @@ from gristmill.stages.deduplication.index import (
     DedupIndex,
     default_index_root,
     index_path,
+    source_of,
 )
 from gristmill.stages.resources import WorkerMetadata
 from gristmill.tasks import DROPS_KEY, DocumentBatch, FileGroupTask, check_task_id, record_drops
@@ -269,7 +270,7 @@ class ExactDuplicateRemoval(ProcessingStage[DocumentBatch, DocumentBatch]):
         table = task.to_pyarrow()
         ids = [str(i) for i in table.column(self.id_field).to_pylist()]
         owner = f"{self.index_owner}/{task.task_id}"
-        source = _source_of(task)
+        source = source_of(task)
         claims = [
             Claim(hash=h, doc_id=i, owner=owner, source=source)
             for h, i in zip(self._hashes(table), ids, strict=True)
@@ -310,9 +311,3 @@ class ExactDuplicateRemoval(ProcessingStage[DocumentBatch, DocumentBatch]):
             hashlib.md5(prepare(t).encode(), usedforsecurity=False).hexdigest()
             for t in table.column(self.text_field).to_pylist()
         ]
-
-
-def _source_of(task: DocumentBatch) -> str:
-    """Where a batch's documents came from, for people: its reader's file(s), else its id."""
-    files = [str(f) for f in task._metadata.get("source_files") or []]
-    return ",".join(files) if files else task.task_id

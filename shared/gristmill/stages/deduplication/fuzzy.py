@@ -49,6 +49,7 @@ from gristmill.stages.deduplication.index import (
     DedupIndex,
     default_index_root,
     index_path,
+    source_of,
 )
 from gristmill.stages.resources import WorkerMetadata
 from gristmill.tasks import DROPS_KEY, DocumentBatch, FileGroupTask, check_task_id, record_drops
@@ -255,12 +256,6 @@ class LSHStage(ProcessingStage[DocumentBatch, FileGroupTask]):
 
 
 _SHINGLES = pa.list_(pa.uint64())
-
-
-def source_of(task: Any) -> str:
-    """Where a batch's documents came from, for people: its reader's file(s), else its id."""
-    files = [str(f) for f in task._metadata.get("source_files") or []]
-    return ",".join(files) if files else str(task.task_id)
 
 
 def _kept(task: Any) -> dict[str, Any]:

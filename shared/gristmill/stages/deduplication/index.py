@@ -47,6 +47,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,7 +55,7 @@ import pyarrow.parquet as pq
 from gristmill import fs
 from gristmill.errors import GristmillError
 
-__all__ = ["Claim", "DedupIndex", "default_index_root", "index_path"]
+__all__ = ["Claim", "DedupIndex", "default_index_root", "index_path", "source_of"]
 
 INDEX_FORMAT = 1
 BASE_EVERY = 64  # segments between bases of a shard
@@ -93,6 +94,13 @@ def index_path(index_root: str, name: str) -> str:
             f"and '-', starting with a letter or digit"
         )
     return fs.join(index_root, name)
+
+
+def source_of(task: Any) -> str:
+    """Where a batch's documents came from, for people (a claim's `source`): its reader's
+    file(s), else its task id."""
+    files = [str(f) for f in task._metadata.get("source_files") or []]
+    return ",".join(files) if files else str(task.task_id)
 
 
 def default_index_root() -> str:
