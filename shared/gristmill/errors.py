@@ -12,6 +12,7 @@ __all__ = [
     "DataFormatError",
     "GristmillError",
     "MissingInputError",
+    "ModelError",
     "PipelineBuildError",
     "ResourcesError",
     "SpecError",
@@ -138,6 +139,10 @@ class TaskInputError(GristmillError, KeyError):
 
 class DataFormatError(GristmillError, ValueError):
     """Input data that cannot be read as promised; the message names the stage, file and line."""
+
+
+class ModelError(GristmillError):
+    """A model stage's model cannot be found, loaded or run (the message names the path)."""
 
 
 class StageRegistryError(GristmillError):

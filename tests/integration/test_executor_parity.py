@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -29,7 +30,9 @@ from gristmill.executors.ray_cluster import ray_session  # noqa: E402
 from gristmill.executors.ray_data import RayDataExecutor  # noqa: E402
 from gristmill.executors.service import JobFailed, ServiceExecutor  # noqa: E402
 from gristmill.executors.xenna import XennaExecutor  # noqa: E402
+from gristmill.stages.text.classifiers import QualityClassifier  # noqa: E402
 from gristmill.stages.text.io import AddId, JsonlReader, JsonlWriter  # noqa: E402
+from gristmill.stages.text.models.synthetic import build_text_model  # noqa: E402
 from gristmill.stages.text.presets import quality_filters  # noqa: E402
 from gristmill.workflows import FuzzyDeduplicationWorkflow  # noqa: E402
 
@@ -303,3 +306,53 @@ def test_four_actors_share_one_gpu(name: str) -> None:
     seen = {g for task in outputs for g in task.to_pyarrow()["gpu"].to_pylist()}
     assert len(seen) == 1  # every actor of the stage saw the same single GPU
     assert next(iter(seen)) not in ("", None)
+
+
+def _sample_files() -> dict[str, list[dict[str, str]]]:
+    return {p.name: [json.loads(line) for line in p.read_text().splitlines()] for p in sorted((EXAMPLES / "data").glob("*.jsonl"))}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quality_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small quality classifier with random weights (under the service's input roots)."""
+    texts = [d["text"] for docs in _sample_files().values() for d in docs]
+    words = sorted({w.lower() for t in texts for w in t.split()})[:2000]
+    root = tmp_path_factory.mktemp("models") / "quality"
+    return build_text_model(root, words, labels=["High", "Medium", "Low"], calibration_texts=texts)
+
+
+def _by_hand(model: Path, texts: list[str]) -> np.ndarray:
+    """Probabilities from onnxruntime directly: each text alone, cut as QualityClassifier cuts."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+    tokenizer.enable_truncation(1024)
+    session = ort.InferenceSession(str(model / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = []
+    for text in texts:
+        ids = np.array([tokenizer.encode(text[:6000]).ids], np.int64)
+        logits = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+        rows.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("name", ["local", "xenna-streaming", "ray-data", "service"])
+def test_a_classifier_predicts_what_onnxruntime_does_on_every_executor_in_row_order(
+    name: str, quality_model: Path, request: pytest.FixtureRequest
+) -> None:
+    classifier = QualityClassifier(str(quality_model), prob_column="quality_prob", model_inference_batch_size=16)  # fmt: skip
+    pipeline = Pipeline("classify", [JsonlReader(str(EXAMPLES / "data")), classifier])
+    outputs = pipeline.run(_executor(name, request))
+    files = _sample_files()
+    by_first_id = {docs[0]["id"]: docs for docs in files.values()}
+    assert len(outputs) == len(files)
+    for task in outputs:
+        table = task.to_pyarrow()
+        docs = by_first_id[table["id"][0].as_py()]
+        assert table["id"].to_pylist() == [d["id"] for d in docs]  # each file's own order
+        expected = _by_hand(quality_model, [d["text"] for d in docs])
+        assert table["quality_pred"].to_pylist() == [["High", "Medium", "Low"][i] for i in expected.argmax(1)]  # fmt: skip
+        np.testing.assert_allclose(np.array(table["quality_prob"].to_pylist()), expected, atol=1e-5)
+    labels = {v for task in outputs for v in task.to_pyarrow()["quality_pred"].to_pylist()}
+    assert labels == {"High", "Medium", "Low"}

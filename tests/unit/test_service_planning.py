@@ -479,3 +479,31 @@ def test_a_stage_sets_its_own_task_timeout_and_a_fused_step_takes_the_largest(
     plain = plan_job(submission(out, request_id="plain"), store, str(out), trust_code=False)
     assert [s.task_timeout_s for s in plain.record.steps] == [None, None]  # the job's applies
     assert plain.record.spec.options.task_timeout_s == 3600.0
+
+
+def test_a_model_outside_the_input_roots_is_rejected(store: TaskStore, out: Path) -> None:
+    pipeline = quality()
+    pipeline["stages"].insert(1, {"stage": "QualityClassifier", "params": {"model_path": "/etc/models/quality"}})  # fmt: skip
+    assert rejection(submission(out, pipeline=pipeline), store, out) == (
+        "stage #2 'QualityClassifier': model_path '/etc/models/quality' is outside the input "
+        f"roots this service lets the team read ({REPO}, {out.parent}; GRISTMILL_INPUT_ROOTS "
+        f"sets them)"
+    )
+
+
+def test_a_model_inside_a_filters_params_is_checked_too(store: TaskStore, out: Path) -> None:
+    langid = {"filter": "FastTextLangId", "params": {"model_path": "/root/lid.176.bin"}}
+    pipeline = quality()
+    pipeline["stages"].insert(1, {"stage": "ScoreFilter", "params": {"filter_obj": langid}})
+    assert rejection(submission(out, pipeline=pipeline), store, out) == (
+        "stage #2 'ScoreFilter': model_path '/root/lid.176.bin' is outside the input roots this "
+        f"service lets the team read ({REPO}, {out.parent}; GRISTMILL_INPUT_ROOTS sets them)"
+    )
+
+
+def test_the_bundled_language_model_needs_no_path(store: TaskStore, out: Path) -> None:
+    langid = {"filter": "FastTextLangId", "params": {"languages": ["EN"]}}
+    pipeline = quality()
+    pipeline["stages"].insert(1, {"stage": "ScoreFilter", "params": {"filter_obj": langid}})
+    planned = plan_job(submission(out, pipeline=pipeline), store, str(out), trust_code=False)
+    assert planned.record.steps[1].name.startswith("jsonl_reader+FastTextLangId+word_count+")

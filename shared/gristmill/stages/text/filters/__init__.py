@@ -17,6 +17,7 @@ from gristmill.stages.text.filters.characters import (
     WhiteSpaceFilter,
 )
 from gristmill.stages.text.filters.lines import BulletsFilter, EllipsisFilter, PunctuationFilter
+from gristmill.stages.text.filters.models import FastTextLangId, LabelFilter
 from gristmill.stages.text.filters.repetition import (
     RepeatedLinesByCharFilter,
     RepeatedLinesFilter,
@@ -41,7 +42,9 @@ __all__ = [
     "CommonEnglishWordsFilter",
     "DocumentFilter",
     "EllipsisFilter",
+    "FastTextLangId",
     "Filter",
+    "LabelFilter",
     "LongWordFilter",
     "MeanWordLengthFilter",
     "NonAlphaNumericFilter",
