@@ -356,3 +356,19 @@ def test_a_classifier_predicts_what_onnxruntime_does_on_every_executor_in_row_or
         np.testing.assert_allclose(np.array(table["quality_prob"].to_pylist()), expected, atol=1e-5)
     labels = {v for task in outputs for v in task.to_pyarrow()["quality_pred"].to_pylist()}
     assert labels == {"High", "Medium", "Low"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["xenna-streaming", "ray-data"])
+def test_classifier_actors_sharing_a_gpu_predict_what_the_cpu_does(
+    name: str, quality_model: Path
+) -> None:
+    def run(gpus: float) -> pa.Table:
+        stage = QualityClassifier(str(quality_model), prob_column="p", gpus=gpus)
+        outputs = Pipeline("gpu", [JsonlReader(str(EXAMPLES / "data")), stage]).run(EXECUTORS[name]())  # fmt: skip
+        return pa.concat_tables(sorted((t.to_pyarrow() for t in outputs), key=lambda t: t["id"][0].as_py()))  # fmt: skip
+
+    cpu, gpu = run(0.0), run(0.25)
+    assert gpu["id"].to_pylist() == cpu["id"].to_pylist()
+    assert gpu["quality_pred"].to_pylist() == cpu["quality_pred"].to_pylist()
+    np.testing.assert_allclose(np.array(gpu["p"].to_pylist()), np.array(cpu["p"].to_pylist()), atol=1e-3)  # fmt: skip
