@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from faststream import FastStream
-
+from gristmill.bus.broker import ServiceApp
 from gristmill.config import ServiceSettings
 from services.worker.service import WorkerService
 
@@ -12,10 +11,10 @@ __all__ = ["create_app"]
 
 def create_app(
     settings: ServiceSettings, pool: str = "cpu", slots: int = 1, worker_id: str = ""
-) -> FastStream:
+) -> ServiceApp:
     """A FastStream app running one worker (Ray must be initialised by the caller)."""
     service = WorkerService(settings, pool=pool, slots=slots, worker_id=worker_id)
-    app = FastStream(service.broker)
+    app = ServiceApp(service.broker, settings.health_port, settings.health_host)
     app.after_startup(service.after_start)
     app.on_shutdown(service.before_stop)
     return app

@@ -34,8 +34,39 @@ def _parser() -> argparse.ArgumentParser:
     why.add_argument("--state-dir", help="the service's state (with --job)")
     why.add_argument("--team", help="the team (with --job; default: the credentials')")
     why.add_argument("--credentials", metavar="FILE", help="the team's credentials (with --job)")
+    deploy = commands.add_parser(
+        "deploy", help="write configuration for a multi-machine deployment"
+    )
+    targets = deploy.add_subparsers(dest="target", required=True)
+    nats = targets.add_parser(
+        "files", help="NATS cluster configs and the components' secrets, from the teams"
+    )
+    nats.add_argument("--out", required=True, help="directory to write them to")
+    nats.add_argument("--nodes", type=int, default=3, help="servers in the cluster (default 3)")
+    nats.add_argument("--host", default="nats-{n}", help="server n's name ({n} from 1, {i} from 0)")
+    nats.add_argument("--teams-file", help="the teams file (default: GRISTMILL_TEAMS_FILE)")
+    nats.add_argument("--credentials-dir", help="default: GRISTMILL_CREDENTIALS_DIR")
     service_cli.add_commands(commands)
     return parser
+
+
+def _deploy_files(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from gristmill.config import state_dir
+    from gristmill.deploy import write_deploy_files
+    from gristmill.teams import TeamsConfig
+
+    teams_file = args.teams_file or os.environ.get("GRISTMILL_TEAMS_FILE")
+    names = tuple(t for t in os.environ.get("GRISTMILL_TEAMS", "default").split(",") if t)
+    teams = TeamsConfig.load(teams_file) if teams_file else TeamsConfig.of_names(names)
+    directory = args.credentials_dir or os.environ.get("GRISTMILL_CREDENTIALS_DIR")
+    credentials = Path(directory) if directory else state_dir() / "credentials"
+    for path in write_deploy_files(Path(args.out), teams, credentials, args.nodes, args.host):
+        print(path)
+    print(f"teams' credentials (hand each team its own): {credentials}/<team>.creds")
+    return 0
 
 
 def _why(doc_id: str, drops_path: str) -> int:
@@ -63,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "describe":
             pipeline = Pipeline.from_spec(args.spec)
             print(pipeline.build(fuse=not args.no_fuse).describe())
+        elif args.command == "deploy":
+            return _deploy_files(args)
         elif args.command == "why" and args.job is None:
             return _why(args.doc_id, args.drops)
         elif args.command in (*service_cli.COMMANDS, "why"):

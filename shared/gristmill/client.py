@@ -33,6 +33,7 @@ from gristmill.bus import (
     TasksDone,
     WorkerState,
 )
+from gristmill.bus.broker import nats_servers
 from gristmill.bus.client import replay, request
 from gristmill.bus.subjects import dlq_filter, event_subject
 from gristmill.config import state_dir
@@ -98,7 +99,7 @@ class ServiceClient:
 
         try:
             nc = await nats.connect(
-                url,
+                nats_servers(url),
                 connect_timeout=5,
                 max_reconnect_attempts=5,
                 allow_reconnect=True,

@@ -14,10 +14,13 @@ override them).
 | GRISTMILL_TRUST_CODE     | `1`                           | `0`: no team's own classes run       |
 | GRISTMILL_INPUT_ROOTS    | the output root               | where jobs may read (comma-separated)|
 | GRISTMILL_STREAM_MAX_BYTES | 1 GiB                       | each team's tasks/events/DLQ streams |
+| GRISTMILL_REPLICAS       | 1                             | stream and bucket copies (3: cluster)|
 | GRISTMILL_RETENTION_S    | 86400 (a day)                 | finished jobs kept before collection |
 | GRISTMILL_IDLE_ACTOR_S   | 60                            | an idle step actor is stopped after  |
 | GRISTMILL_HTTP_HOST      | 127.0.0.1                     | the coordinator's HTTP API listens on|
 | GRISTMILL_HTTP_PORT      | 0 (any free port; `up` picks) | ... and on this port                 |
+| GRISTMILL_HEALTH_PORT    | none (no probes)              | planner, worker: /healthz, /readyz   |
+| GRISTMILL_HEALTH_HOST    | 127.0.0.1                     | ... on this address (0.0.0.0 in pods)|
 | GRISTMILL_TRACING        | 1                             | trace jobs (OpenTelemetry)           |
 | GRISTMILL_DRAIN_S        | 10                            | a stopping worker's runs may end in  |
 | GRISTMILL_MIN_WORKERS    | none (the pool keeps its size)| fewest CPU workers (autoscaling)     |
@@ -45,7 +48,7 @@ from gristmill.bus.subjects import check_token
 from gristmill.errors import GristmillError
 from gristmill.teams import TeamPolicy, TeamsConfig
 
-__all__ = ["ServiceSettings", "discover_nats_url", "nats_url", "state_dir"]
+__all__ = ["ServiceSettings", "discover_nats_url", "env_replicas", "nats_url", "state_dir"]
 
 SERVICE_FILE = "service.json"
 
@@ -115,11 +118,24 @@ def _pool_bounds() -> tuple[tuple[str, int, int], ...]:
     return tuple(bounds)
 
 
-def _port(raw: str) -> int:
+def _port(raw: str, name: str = "GRISTMILL_HTTP_PORT") -> int:
     if not raw:
         return 0
     if not raw.isdigit() or int(raw) > 65535:
-        raise GristmillError(f"GRISTMILL_HTTP_PORT must be a port number (0-65535), got {raw!r}")
+        raise GristmillError(f"{name} must be a port number (0-65535), got {raw!r}")
+    return int(raw)
+
+
+def env_replicas() -> int:
+    """`$GRISTMILL_REPLICAS`: copies of each stream and bucket (default 1)."""
+    return _replicas(os.environ.get("GRISTMILL_REPLICAS", ""))
+
+
+def _replicas(raw: str) -> int:
+    if not raw:
+        return 1
+    if not raw.isdigit():
+        raise GristmillError(f"GRISTMILL_REPLICAS must be 1 to 5, got {raw!r}")
     return int(raw)
 
 
@@ -139,10 +155,13 @@ class ServiceSettings:
     trust_code: bool = True
     input_roots: tuple[str, ...] = ()  # empty: the output root
     stream_max_bytes: int = 1 << 30
+    replicas: int = 1
     retention_s: float = 86400.0
     idle_actor_s: float = 60.0
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    health_host: str = "127.0.0.1"
+    health_port: int = 0  # 0: no probe endpoints (the embedded supervisor watches its children)
     teams_config: TeamsConfig | None = None  # None: `teams` with the defaults
     credentials_dir: Path | None = None  # None: `<state dir>/credentials`
     drain_s: float = 10.0
@@ -161,6 +180,11 @@ class ServiceSettings:
             object.__setattr__(self, "teams", self.teams_config.names)
         if self.credentials_dir is None:
             object.__setattr__(self, "credentials_dir", self.state_dir / "credentials")
+        if isinstance(self.replicas, bool) or self.replicas not in range(1, 6):
+            raise GristmillError(
+                f"GRISTMILL_REPLICAS must be 1 to 5 (JetStream keeps at most 5 copies), "
+                f"got {self.replicas!r}"
+            )
         seen: dict[str, str] = {}
         for team in self.teams:
             check_token("team", team)
@@ -201,7 +225,7 @@ class ServiceSettings:
 
     def stream_limits(self) -> StreamLimits:
         """The limits each team's streams are created with."""
-        return StreamLimits(max_bytes=self.stream_max_bytes)
+        return StreamLimits(max_bytes=self.stream_max_bytes, replicas=self.replicas)
 
     @classmethod
     def from_env(cls, url: str | None = None) -> ServiceSettings:
@@ -221,10 +245,13 @@ class ServiceSettings:
             trust_code=_flag(os.environ.get("GRISTMILL_TRUST_CODE", "1")),
             input_roots=_list(os.environ.get("GRISTMILL_INPUT_ROOTS", "")),
             stream_max_bytes=int(_number("GRISTMILL_STREAM_MAX_BYTES", 1 << 30)),
+            replicas=_replicas(os.environ.get("GRISTMILL_REPLICAS", "")),
             retention_s=_number("GRISTMILL_RETENTION_S", 86400.0),
             idle_actor_s=_number("GRISTMILL_IDLE_ACTOR_S", 60.0),
             http_host=os.environ.get("GRISTMILL_HTTP_HOST", "127.0.0.1"),
             http_port=_port(os.environ.get("GRISTMILL_HTTP_PORT", "")),
+            health_host=os.environ.get("GRISTMILL_HEALTH_HOST", "127.0.0.1"),
+            health_port=_port(os.environ.get("GRISTMILL_HEALTH_PORT", ""), "GRISTMILL_HEALTH_PORT"),
             drain_s=_number("GRISTMILL_DRAIN_S", 10.0),
             pool_bounds=_pool_bounds(),
             worker_slots=int(_number("GRISTMILL_WORKER_SLOTS", 2)),
@@ -245,6 +272,7 @@ class ServiceSettings:
             "GRISTMILL_TRUST_CODE": "1" if self.trust_code else "0",
             "GRISTMILL_INPUT_ROOTS": ",".join(self.input_roots),
             "GRISTMILL_STREAM_MAX_BYTES": str(self.stream_max_bytes),
+            "GRISTMILL_REPLICAS": str(self.replicas),
             "GRISTMILL_RETENTION_S": repr(self.retention_s),
             "GRISTMILL_IDLE_ACTOR_S": repr(self.idle_actor_s),
             "GRISTMILL_HTTP_HOST": self.http_host,

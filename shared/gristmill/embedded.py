@@ -30,7 +30,8 @@ from types import TracebackType
 
 from gristmill import credentials as creds_
 from gristmill.bus import ScalingDecision, SupervisedWorkers
-from gristmill.config import SERVICE_FILE, ServiceSettings
+from gristmill.bus.broker import nats_servers
+from gristmill.config import SERVICE_FILE, ServiceSettings, env_replicas
 from gristmill.errors import GristmillError
 from gristmill.nats_server import EmbeddedNats
 from gristmill.process_scaling import DecisionFollower, reconcile
@@ -85,6 +86,7 @@ class EmbeddedService:
         supervise: bool = True,
         child_env: dict[str, str] | None = None,
         stream_max_bytes: int | None = None,
+        replicas: int | None = None,
         retention_s: float | None = None,
         idle_actor_s: float | None = None,
         restart_backoff_s: tuple[float, float] = (FIRST_BACKOFF_S, MAX_BACKOFF_S),
@@ -116,6 +118,7 @@ class EmbeddedService:
         self._own_env: dict[str, dict[str, str]] = {}
         self._limits = {
             "stream_max_bytes": stream_max_bytes,
+            "replicas": replicas if replicas is not None else env_replicas(),
             "retention_s": retention_s,
             "idle_actor_s": idle_actor_s,
             "scale_down_after_s": scale_down_after_s,
@@ -218,6 +221,8 @@ class EmbeddedService:
             "RAY_ADDRESS": session.address,
             "GRISTMILL_TEAMS_FILE": str(teams_file),
         }
+        # One machine, many children: probe ports are for pods (the supervisor watches these).
+        self._env.pop("GRISTMILL_HEALTH_PORT", None)
         self._spawn("planner", ["services.planner"])
         self._spawn("coordinator", ["services.coordinator"])
         counts = {"cpu": self.workers, "gpu": self.gpu_workers}
@@ -454,7 +459,9 @@ class EmbeddedService:
         assert self.settings is not None
         deadline = deadline or time.monotonic() + self.start_timeout_s
         own = self.service_credentials()
-        nc = await nats.connect(self.settings.nats_url, connect_timeout=5, **own.connect_options())
+        nc = await nats.connect(
+            nats_servers(self.settings.nats_url), connect_timeout=5, **own.connect_options()
+        )
         try:
             for verb in ("info", "status"):
                 while True:

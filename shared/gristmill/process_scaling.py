@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gristmill.bus import MessageError, ScalingDecision, SupervisedWorkers
+from gristmill.bus.broker import nats_servers
 from gristmill.bus.jobs import DECISION_KEY, PROCESSES_KEY, SCALING_BUCKET
 from gristmill.credentials import Credentials
 
@@ -114,7 +115,9 @@ class DecisionFollower:
     async def _follow(self) -> None:
         import nats
 
-        nc = await nats.connect(self.url, connect_timeout=5, **self.credentials.connect_options())
+        nc = await nats.connect(
+            nats_servers(self.url), connect_timeout=5, **self.credentials.connect_options()
+        )
         try:
             js = nc.jetstream()
             kv = None

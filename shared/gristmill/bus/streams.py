@@ -22,7 +22,9 @@ step re-publishing its children) into a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from gristmill.bus.subjects import (
@@ -56,6 +58,7 @@ class StreamLimits:
     spans_max_age_s: float = 7 * 24 * 3600.0
     duplicate_window_s: float = 120.0
     heartbeat_ttl_s: float = 30.0
+    replicas: int = 1  # copies on a NATS cluster's servers (1 embedded, 3 in a cluster)
 
 
 def layout_name(team: str) -> str:
@@ -122,6 +125,7 @@ class TeamLayout:
                 "retention": retention,
                 "duplicate_window": limits.duplicate_window_s,
                 "storage": "file",
+                "num_replicas": limits.replicas,
                 **bounds,
             }
             for name, kind, retention, bounds in streams
@@ -163,8 +167,12 @@ def stream_of(subject: str) -> str:
     return streams[parts[2]]
 
 
-async def ensure_layout(js: Any, layout: TeamLayout, limits: StreamLimits | None = None) -> None:
-    """Create (or bring up to date) a team's streams and buckets on JetStream context `js`."""
+async def ensure_layout(
+    js: Any, layout: TeamLayout, limits: StreamLimits | None = None, wait_s: float = 60.0
+) -> None:
+    """Create (or bring up to date) a team's streams and buckets on JetStream context `js`.
+    A cluster that is still electing its leader (or moving a stream's) answers late or not at
+    all for a while: each call is retried for up to `wait_s` seconds."""
     from nats.js import api
     from nats.js.errors import BadRequestError, NotFoundError
 
@@ -179,24 +187,51 @@ async def ensure_layout(js: Any, layout: TeamLayout, limits: StreamLimits | None
             max_bytes=raw["max_bytes"],
             max_age=raw["max_age"],
             duplicate_window=raw["duplicate_window"],
+            num_replicas=raw["num_replicas"],
         )
         try:
-            await js.stream_info(config.name)
+            await _patiently(partial(js.stream_info, config.name), wait_s)
         except NotFoundError:
-            await js.add_stream(config)
+            await _patiently(partial(js.add_stream, config), wait_s)
         else:
-            await js.update_stream(config)
+            await _patiently(partial(js.update_stream, config), wait_s)
     for purpose in BUCKETS:
         ttl = limits.heartbeat_ttl_s if purpose == "workers" else None
+        bucket = api.KeyValueConfig(
+            bucket=layout.bucket(purpose),
+            ttl=ttl,
+            storage=api.StorageType.FILE,
+            direct=True,
+            max_bytes=limits.max_bytes if purpose == "done" else -1,
+            replicas=limits.replicas,
+        )
         try:
-            await js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=layout.bucket(purpose),
-                    ttl=ttl,
-                    storage=api.StorageType.FILE,
-                    direct=True,
-                    max_bytes=limits.max_bytes if purpose == "done" else -1,
-                )
-            )
-        except BadRequestError:  # exists with other settings: keep the data, not the settings
-            await js.key_value(layout.bucket(purpose))
+            await _patiently(partial(js.create_key_value, bucket), wait_s)
+        except BadRequestError:  # exists with other settings: keep the data, and its copies
+            await _set_replicas(js, layout.bucket_stream(purpose), limits.replicas, wait_s)
+            await _patiently(partial(js.key_value, layout.bucket(purpose)), wait_s)
+
+
+async def _patiently(call: Callable[[], Awaitable[Any]], wait_s: float) -> Any:
+    """`call()`, again while JetStream is not answering yet (a cluster without a leader)."""
+    import asyncio
+
+    from nats.errors import NoRespondersError, TimeoutError
+    from nats.js.errors import ServiceUnavailableError
+
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            return await call()
+        except (TimeoutError, NoRespondersError, ServiceUnavailableError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # the cluster elects in about a second; nothing to await
+
+
+async def _set_replicas(js: Any, stream: str, replicas: int, wait_s: float) -> None:
+    """Give an existing stream (a bucket's) `replicas` copies, if it has another number."""
+    info = await _patiently(partial(js.stream_info, stream), wait_s)
+    if info.config.num_replicas != replicas:
+        info.config.num_replicas = replicas
+        await _patiently(partial(js.update_stream, info.config), wait_s)
