@@ -260,9 +260,22 @@ def write_once(path: str, payload: bytes, fail_half_way: bool = False) -> bytes:
 @contextlib.contextmanager
 def atomic_write(path: str) -> Iterator[IO[bytes]]:
     """Open `path` for writing so that readers see the old file or the whole new one, never a
-    part: write a temporary sibling, then rename it over `path` (object stores publish a whole
-    object on close anyway). The temporary file is removed if writing fails."""
+    part, and a write that fails leaves nothing. On an object store (S3, GCS, Azure) an object
+    appears whole when its upload completes, so the write goes straight to `path` and a failure
+    aborts the upload. Elsewhere a temporary sibling is written, then renamed over `path`, and
+    removed if writing fails."""
     fs, target = _fs(path)
+    if _publishes_whole_objects(fs):
+        handle = fs.open(target, "wb")
+        try:
+            yield handle
+        except BaseException:
+            with contextlib.suppress(Exception):
+                handle.discard()  # abort a multipart upload already begun
+            handle.closed = True  # and never complete the part written
+            raise
+        handle.close()
+        return
     parent = target.rsplit("/", 1)[0] if "/" in target else "."
     fs.makedirs(parent, exist_ok=True)
     temporary = f"{parent}/.{target.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
@@ -277,3 +290,12 @@ def atomic_write(path: str) -> Iterator[IO[bytes]]:
         with contextlib.suppress(Exception):
             fs.rm(temporary)
         raise
+
+
+# Object stores: an object becomes visible only once its whole upload completes.
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def _publishes_whole_objects(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    return any(p in _OBJECT_STORES for p in protocols)

@@ -267,3 +267,11 @@ def test_health_and_the_dashboards_files_need_no_token(
 ) -> None:
     assert get(route).status == 200
     assert refusals(caplog) == []
+
+
+def test_the_operator_token_reads_the_decision_keda_scales_each_pool_on() -> None:
+    # deploy/k8s/keda.yaml's metrics-api triggers read decisions.0.workers.<pool> with it.
+    answer = get("/api/workers", OPERATOR)
+    assert answer.status == 200
+    decision = answer.json()["decisions"][0]
+    assert decision["workers"] == {"cpu": 2}
