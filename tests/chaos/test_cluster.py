@@ -19,6 +19,7 @@ import pytest
 from gristmill import Pipeline
 from gristmill import credentials as creds
 from gristmill.bus.broker import nats_servers
+from gristmill.bus.streams import BUCKETS
 from gristmill.client import ServiceClient
 from gristmill.embedded import EmbeddedService
 from gristmill.executors.local import LocalExecutor
@@ -89,10 +90,12 @@ async def _replicas(url: str, directory: Path) -> list[tuple[str, bool]]:
     nc = await nats.connect(nats_servers(url), connect_timeout=5, **own.connect_options())
     try:
         info = await nc.jetstream().stream_info(TASKS)
+        buckets = [await nc.jetstream().stream_info(f"KV_gm_default_{b}") for b in BUCKETS]
     finally:
         await nc.close()
     assert info.cluster is not None
     assert info.config.num_replicas == 3
+    assert [b.config.num_replicas for b in buckets] == [3] * len(BUCKETS)  # the KV too
     return [(info.cluster.leader or "", True)] + [
         (peer.name, bool(peer.current)) for peer in info.cluster.replicas or []
     ]
