@@ -483,7 +483,7 @@ class CoordinatorService(ApiVerbs):
         return archived
 
     async def _count_archived(self, team: str) -> int:
-        return len(await kv_keys(self._kv[team, "jobs"], "archived.*"))
+        return len(await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "archived.*"))
 
     # -- workers and slots -------------------------------------------------------------------
 

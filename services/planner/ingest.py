@@ -38,6 +38,7 @@ from gristmill.bus import (
 )
 from gristmill.bus.client import Publisher, kv_values
 from gristmill.bus.jobs import JobRecord, msg_id, seen_key, watch_key
+from gristmill.bus.streams import TeamLayout
 from gristmill.bus.subjects import event_subject, task_subject
 from gristmill.store import TaskStore, within
 from gristmill.tasks import FileGroupTask, content_task_id
@@ -123,12 +124,13 @@ class Watcher:
         record: JobRecord,
         store: TaskStore,
         publisher: Publisher,
+        js: Any,
         ingest_kv: Any,
         clock: Callable[[], float] = time.time,
     ):
         assert record.spec.continuous is not None
         self.team, self.record, self.store = team, record, store
-        self.publisher, self.kv, self.clock = publisher, ingest_kv, clock
+        self.publisher, self.js, self.kv, self.clock = publisher, js, ingest_kv, clock
         self.poll_s = record.spec.continuous.poll_s
         self.look = InputLook()
         self.polls = 0
@@ -265,7 +267,8 @@ class Watcher:
 
     async def _seen_records(self) -> list[SeenFile]:
         found = []
-        for key, value in (await kv_values(self.kv, f"seen.{self.job}.*")).items():
+        bucket = TeamLayout(self.team).bucket("ingest")
+        for key, value in (await kv_values(self.js, bucket, f"seen.{self.job}.*")).items():
             try:
                 found.append(SeenFile.from_json(value))
             except MessageError:

@@ -219,7 +219,7 @@ class PlannerService:
 
         jobs = self._jobs[team]
         running = set()
-        for key in await kv_keys(jobs, "job.*"):
+        for key in await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "job.*"):
             job = key.split(".", 1)[1]
             try:
                 state = JobState.from_json((await jobs.get(state_key(job))).value)
@@ -378,7 +378,7 @@ class PlannerService:
         if (team, record.job) in self.watchers:
             return
         assert self._publisher is not None
-        watcher = Watcher(team, record, self.store, self._publisher, self._ingest[team])
+        watcher = Watcher(team, record, self.store, self._publisher, self._js, self._ingest[team])
         await watcher.start()
         self.watchers[team, record.job] = watcher
         self._watching[team, record.job] = asyncio.create_task(self._keep_watching(watcher))
@@ -399,7 +399,7 @@ class PlannerService:
         from nats.js.errors import KeyNotFoundError
 
         jobs = self._jobs[team]
-        for key in await kv_keys(jobs, "job.*"):
+        for key in await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "job.*"):
             try:
                 record = JobRecord.from_json((await jobs.get(key)).value)
             except (KeyNotFoundError, MessageError):
@@ -413,7 +413,9 @@ class PlannerService:
                 await self._watch(team, record)
                 continue
             assert self._publisher is not None
-            watcher = Watcher(team, record, self.store, self._publisher, self._ingest[team])
+            watcher = Watcher(
+                team, record, self.store, self._publisher, self._js, self._ingest[team]
+            )
             await watcher.stop()  # a stop cut short: its input_closed again (a repeat is harmless)
 
     def _stop_handler(self, team: str) -> Any:
@@ -475,7 +477,7 @@ class PlannerService:
         from nats.js.errors import KeyNotFoundError
 
         jobs = self._jobs[team]
-        for key in await kv_keys(jobs, "job.*"):
+        for key in await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "job.*"):
             job = key.split(".", 1)[1]
             with contextlib.suppress(KeyNotFoundError):
                 await jobs.get(published_key(job))

@@ -6,6 +6,7 @@ expire)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,20 +208,84 @@ def test_the_heartbeat_of_a_worker_that_died_expires(server: EmbeddedNats) -> No
 
 
 def test_kv_keys_are_filtered_by_a_wildcard_on_the_server(server: EmbeddedNats) -> None:
-    from gristmill.bus.client import kv_keys
+    from gristmill.bus.client import kv_keys, kv_values
 
-    async def scenario() -> tuple[list[str], list[str], list[str]]:
+    bucket = TeamLayout("web-team").bucket("jobs")
+
+    async def scenario() -> tuple[Any, ...]:
         client = await _connect(server)
         js = client.jetstream()
         await ensure_layout(js, TeamLayout("web-team"))
-        jobs = await js.key_value(TeamLayout("web-team").bucket("jobs"))
-        empty = await kv_keys(jobs, "job.*")
-        for key in ("job.j1", "published.j1", "job.j2", "state.j1"):
-            await jobs.put(key, b"x")
+        jobs = await js.key_value(bucket)
+        empty = await kv_keys(js, bucket, "job.*"), await kv_values(js, bucket, "job.*")
+        for key in ("job.j1", "published.j1", "job.j2", "state.j1", "job.j3"):
+            await jobs.put(key, key.encode())
         await jobs.delete("job.j2")
-        found = await kv_keys(jobs, "job.*"), await kv_keys(jobs, "archived.*")
+        await jobs.purge("job.j3")
+        await jobs.put("job.j1", b"again")
+        found = (
+            await kv_keys(js, bucket, "job.*"),
+            await kv_keys(js, bucket, "archived.*"),
+            await kv_values(js, bucket, "*.j1"),
+        )
         await client.close()
-        return empty, *found
+        return *empty, *found
 
     # nats-py's own keys(filters=["job.*"]) matches substrings and finds none of these
-    assert asyncio.run(scenario()) == ([], ["job.j1"], [])
+    assert asyncio.run(scenario()) == (
+        [],
+        {},
+        ["job.j1"],
+        [],
+        {"published.j1": b"published.j1", "state.j1": b"state.j1", "job.j1": b"again"},
+    )
+
+
+def test_readers_leave_no_consumer_behind_and_outlast_the_streams_consumer_limit(
+    server: EmbeddedNats,
+) -> None:
+    """A KV watch (nats-py's keys(), and kv_keys before) left its consumer on the server for
+    five minutes, and a stream takes 1,000: the 1,000th quick read within five minutes failed
+    ('maximum consumers limit reached'), which a CI run met as a flaky test."""
+    from gristmill.bus.client import kv_keys, kv_values, replay
+
+    layout = TeamLayout("web-team")
+    bucket = layout.bucket("jobs")
+
+    async def scenario() -> tuple[set[int], list[int], int | None]:
+        client = await _connect(server)
+        js = client.jetstream()
+        await ensure_layout(js, layout)
+        jobs = await js.key_value(bucket)
+        for n in range(18):
+            await jobs.put(f"job.j{n}", b"x")
+        publisher = await Publisher(client).start()
+        subject = "gm.web-team.event.job1.task_done"
+        await publisher.publish_many([(subject, _manifest(f"t{n}"), f"e{n}") for n in range(5)])
+
+        async def consumers() -> int:
+            kv = (await js.stream_info(layout.bucket_stream("jobs"))).state.consumer_count
+            events = (await js.stream_info(layout.events_stream)).state.consumer_count
+            return kv + events
+
+        counts = set()
+        sizes = []
+        for _ in range(1050):
+            sizes.append(len(await kv_keys(js, bucket, "job.*")))
+        counts.add(await consumers())
+        sizes.append(len(await kv_values(js, bucket, "job.*")))
+        sizes.append(len([m async for m in replay(js, subject)]))
+        counts.add(await consumers())
+        first = None
+        async with contextlib.aclosing(replay(js, subject)) as messages:
+            async for msg in messages:  # a reader that stops early
+                first = msg.metadata.sequence.stream
+                break
+        counts.add(await consumers())
+        await client.close()
+        return counts, sizes, first
+
+    counts, sizes, first = asyncio.run(scenario())
+    assert counts == {0}
+    assert sizes == [18] * 1051 + [5]
+    assert first == 1

@@ -181,7 +181,8 @@ def test_a_team_may_reach_only_its_own_api_and_its_readable_streams() -> None:
     assert publish[0] == "gm.alpha.api.>"
     assert all("ALPHA" in p or p.startswith("gm.alpha.") for p in publish)
     assert not [p for p in publish if "TASKS" in p or "$KV" in p or p.endswith("INFO")]
-    assert "$JS.API.CONSUMER.CREATE.GM_ALPHA_EVENTS" in publish
+    assert "$JS.API.CONSUMER.CREATE.GM_ALPHA_EVENTS.>" in publish
+    assert "$JS.API.CONSUMER.MSG.NEXT.GM_ALPHA_EVENTS.>" in publish
     assert inbox_prefix("alpha") == "_INBOX_alpha"
 
 

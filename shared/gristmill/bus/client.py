@@ -10,6 +10,7 @@ msg id makes the repeat harmless).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -30,6 +31,7 @@ __all__ = [
     "kv_values",
     "replay",
     "request",
+    "stored",
 ]
 
 log = logging.getLogger("gristmill.bus")
@@ -237,61 +239,109 @@ async def request(
     return ApiReply.from_json(answer.data)
 
 
-async def replay(js: Any, subject: str, idle_s: float = 0.0) -> AsyncIterator[Any]:
-    """Every message stored on `subject` so far, oldest first, then new ones as they come when
-    `idle_s` > 0 (the iteration ends after `idle_s` without a message, or at once when 0).
+# How long the server keeps a reader's consumer after its last request: a backstop, for a
+# process that dies before deleting it (see `stored`).
+READER_IDLE_S = 30.0
+_BATCH = 256
 
-    Uses an ephemeral ordered consumer, so it needs no cleanup and never misses a message."""
+
+async def stored(
+    js: Any,
+    stream: str,
+    subject: str,
+    *,
+    last_per_subject: bool = False,
+    headers_only: bool = False,
+    idle_s: float = 0.0,
+) -> AsyncIterator[Any]:
+    """The messages `stream` holds on `subject` (a filter), oldest first, or only the last of
+    each subject; then, when `idle_s` > 0, new ones as they come, until `idle_s` passes
+    without one. A stored message that does not come within 10 s raises ServiceUnavailable:
+    a reader never ends short without saying so.
+
+    It reads through a pull consumer of its own, named here and deleted at the end; the
+    server removes one left behind after READER_IDLE_S. (An ordered push consumer, what
+    nats-py's KV watch uses, stays on the server for five minutes after its unsubscribe, and
+    a stream takes 1,000 consumers at most: a planner checking quotas on each submission ran
+    out of them.) A pull consumer also says how many messages wait before any is sent, so
+    an empty read is told apart from a slow one."""
+    import secrets
+
     from nats.errors import TimeoutError
-    from nats.js.api import DeliverPolicy
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
 
+    name = f"read_{secrets.token_hex(8)}"
+    config = ConsumerConfig(
+        name=name,
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else DeliverPolicy.ALL,
+        ack_policy=AckPolicy.NONE,
+        headers_only=headers_only,
+        inactive_threshold=READER_IDLE_S + idle_s,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    left = (await js.add_consumer(stream, config)).num_pending
+    try:
+        sub = await js.pull_subscribe_bind(name, stream=stream)
+        try:
+            while left > 0 or idle_s > 0:
+                try:
+                    batch = await sub.fetch(
+                        min(left, _BATCH) or 1, timeout=10.0 if left else idle_s
+                    )
+                except TimeoutError:
+                    if left:
+                        raise ServiceUnavailable(
+                            f"{left} stored messages of {subject} in {stream} did not come in 10 s"
+                        ) from None
+                    return
+                for msg in batch:
+                    left = msg.metadata.num_pending
+                    yield msg
+        finally:
+            await sub.unsubscribe()
+    finally:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, name)
+
+
+async def replay(js: Any, subject: str, idle_s: float = 0.0) -> AsyncIterator[Any]:
+    """Every message stored on `subject` of a team's stream so far, oldest first, then new ones
+    as they come when `idle_s` > 0 (see `stored`)."""
     from gristmill.bus.streams import stream_of
 
-    sub = await js.subscribe(
-        subject, stream=stream_of(subject), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-    )
-    try:
-        info = await sub.consumer_info()
-        # Messages already pushed to us are no longer pending on the server: count them too.
-        caught_up = info.num_pending == 0 and info.delivered.consumer_seq == 0
-        while not (caught_up and idle_s <= 0):
-            try:
-                msg = await sub.next_msg(timeout=idle_s if caught_up else max(idle_s, 10.0))
-            except TimeoutError:
-                return
-            caught_up = caught_up or msg.metadata.num_pending == 0
-            yield msg
-    finally:
-        await sub.unsubscribe()
+    async for msg in stored(js, stream_of(subject), subject, idle_s=idle_s):
+        yield msg
 
 
-async def kv_keys(kv: Any, pattern: str) -> list[str]:
-    """The keys of bucket `kv` that match `pattern` (a NATS wildcard such as `job.*`), filtered
-    by the server. (nats-py's `keys(filters=...)` matches substrings: a wildcard there finds
-    nothing.)"""
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
-    keys: list[str] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # the values stored so far have all come
-                break
-            keys.append(entry.key)
-    finally:
-        await watcher.stop()
-    return keys
+async def _kv_entries(
+    js: Any, bucket: str, pattern: str, headers_only: bool
+) -> AsyncIterator[tuple[str, Any]]:
+    """The live entries of KV `bucket` whose keys match `pattern` (deleted ones left out)."""
+    prefix = f"$KV.{bucket}."
+    async for msg in stored(
+        js, f"KV_{bucket}", prefix + pattern, last_per_subject=True, headers_only=headers_only
+    ):
+        headers = msg.headers or {}
+        if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+            continue  # a deleted key, or one the server expired
+        yield msg.subject[len(prefix) :], msg
 
 
-async def kv_values(kv: Any, pattern: str) -> dict[str, bytes]:
-    """The values of bucket `kv` under keys matching `pattern`, read in one watch (not one
-    request per key)."""
-    watcher = await kv.watch(pattern, ignore_deletes=True)
-    values: dict[str, bytes] = {}
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
-                values[entry.key] = entry.value
-    finally:
-        await watcher.stop()
-    return values
+async def kv_keys(js: Any, bucket: str, pattern: str) -> list[str]:
+    """The keys of KV `bucket` that match `pattern` (a NATS wildcard such as `job.*`), filtered
+    by the server. (nats-py's `keys(filters=...)` matches substrings, and leaves a consumer
+    behind: see `stored`.)"""
+    return [key async for key, _ in _kv_entries(js, bucket, pattern, headers_only=True)]
+
+
+async def kv_values(js: Any, bucket: str, pattern: str) -> dict[str, bytes]:
+    """The values of KV `bucket` under keys matching `pattern`, read in one go (not one request
+    per key); empty values left out."""
+    return {
+        key: msg.data
+        async for key, msg in _kv_entries(js, bucket, pattern, headers_only=False)
+        if msg.data
+    }

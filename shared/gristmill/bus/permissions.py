@@ -3,11 +3,12 @@ inbox prefix.
 
 All users live in one account (see docs/teams.md for why not one account per team). A team's
 user may only send requests to its own API subjects and read its own events, dead letters and
-spans through ephemeral ordered consumers; replies reach it on an inbox no other user may
-subscribe to. It may also notify its continuous jobs of new files (`gm.<team>.ingest.<job>`,
-which the planner checks). It cannot touch any other subject, stream, consumer or KV bucket,
-its own tasks stream and buckets included (what a team changes, it changes through the
-service's API, which checks it). The service's own users may do everything.
+spans through pull consumers of its own (`bus.client.stored`); replies reach it on an inbox
+no other user may subscribe to. It may also notify its continuous jobs of new files
+(`gm.<team>.ingest.<job>`, which the planner checks). It cannot touch any other subject,
+stream, consumer or KV bucket, its own tasks stream and buckets included (what a team
+changes, it changes through the service's API, which checks it). The service's own users
+may do everything.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ def team_permissions(team: str) -> dict[str, Any]:
     for stream in readable_streams(team):
         publish += [
             f"$JS.API.STREAM.INFO.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}",  # an ephemeral (ordered) consumer
-            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",  # a reader's own pull consumer
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
             f"$JS.API.CONSUMER.INFO.{stream}.>",
             f"$JS.API.CONSUMER.DELETE.{stream}.>",
-            f"$JS.FC.{stream}.>",  # flow control of the consumer's pushes
         ]
     return {"publish": {"allow": publish}, "subscribe": {"allow": [f"{inbox_prefix(team)}.>"]}}
