@@ -26,13 +26,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from gristmill import credentials as creds_
 from gristmill.bus import ScalingDecision, SupervisedWorkers
 from gristmill.bus.broker import nats_servers
 from gristmill.config import SERVICE_FILE, ServiceSettings, env_replicas
 from gristmill.errors import GristmillError
+from gristmill.lifecycle import Startable
 from gristmill.nats_server import EmbeddedNats
 from gristmill.process_scaling import DecisionFollower, reconcile
 from gristmill.teams import TeamsConfig
@@ -62,7 +63,7 @@ class _Child:
     exits: list[int] = field(default_factory=list)
 
 
-class EmbeddedService:
+class EmbeddedService(Startable):
     """A whole service on this machine (see the module docstring).
 
     `supervise=False` leaves dead children dead (for tests that restart them by hand);
@@ -171,7 +172,7 @@ class EmbeddedService:
         with self._lock:
             return {n: c.process for n, c in self.children.items() if c.process is not None}
 
-    def start(self) -> EmbeddedService:
+    def start(self) -> Self:
         """Start everything and wait until it answers; on failure, stop what started."""
         try:
             self._start()
@@ -578,17 +579,6 @@ class EmbeddedService:
             creds_.forget_service(self.settings.nats_url)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / SERVICE_FILE).unlink()
-
-    def __enter__(self) -> EmbeddedService:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _free_port() -> int:

@@ -24,10 +24,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from gristmill.errors import GristmillError
 from gristmill.fs import write_private
+from gristmill.lifecycle import Startable
 
 __all__ = [
     "ClusterRoutes",
@@ -107,7 +108,7 @@ def _free_port() -> int:
         return port
 
 
-class EmbeddedNats:
+class EmbeddedNats(Startable):
     """A NATS server with JetStream for this machine's services; a context manager."""
 
     def __init__(
@@ -134,7 +135,7 @@ class EmbeddedNats:
         """The client URL."""
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self) -> EmbeddedNats:
+    def start(self) -> Self:
         """Start the server (on free ports the first time, on the same ones after `stop`, so
         clients reconnect) and wait until JetStream is ready."""
         self.launch()
@@ -221,19 +222,8 @@ class EmbeddedNats:
                 self._process.wait()
         self._process = None
 
-    def __enter__(self) -> EmbeddedNats:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class LocalNatsCluster:
+class LocalNatsCluster(Startable):
     """`size` NATS servers on loopback that form one JetStream cluster; a context manager.
 
     `url` lists every server (clients take the first that answers and learn the others). A
@@ -270,7 +260,7 @@ class LocalNatsCluster:
         """Every server's client URL, comma-separated (`GRISTMILL_NATS_URL` takes this form)."""
         return ",".join(server.url for server in self.servers)
 
-    def start(self) -> LocalNatsCluster:
+    def start(self) -> Self:
         """Start every server, then wait until each is current with the cluster."""
         for server in self.servers:
             server.launch()
@@ -294,14 +284,3 @@ class LocalNatsCluster:
         """Stop every server."""
         for server in self.servers:
             server.stop()
-
-    def __enter__(self) -> LocalNatsCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
