@@ -245,7 +245,7 @@ class ServiceSettings:
             trust_code=_flag(os.environ.get("GRISTMILL_TRUST_CODE", "1")),
             input_roots=_list(os.environ.get("GRISTMILL_INPUT_ROOTS", "")),
             stream_max_bytes=int(_number("GRISTMILL_STREAM_MAX_BYTES", 1 << 30)),
-            replicas=_replicas(os.environ.get("GRISTMILL_REPLICAS", "")),
+            replicas=env_replicas(),
             retention_s=_number("GRISTMILL_RETENTION_S", 86400.0),
             idle_actor_s=_number("GRISTMILL_IDLE_ACTOR_S", 60.0),
             http_host=os.environ.get("GRISTMILL_HTTP_HOST", "127.0.0.1"),
