@@ -213,13 +213,17 @@ class PlannerService:
             return store_refusal(team, policy.max_store_bytes, used)
         return None
 
+    async def _record_keys(self, team: str) -> list[str]:
+        """The keys of the team's job records (`job.<id>`)."""
+        return await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "job.*")
+
     async def _running(self, team: str) -> set[str]:
         """The team's jobs that have a record and no final state."""
         from nats.js.errors import KeyNotFoundError
 
         jobs = self._jobs[team]
         running = set()
-        for key in await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "job.*"):
+        for key in await self._record_keys(team):
             job = key.split(".", 1)[1]
             try:
                 state = JobState.from_json((await jobs.get(state_key(job))).value)
@@ -399,7 +403,7 @@ class PlannerService:
         from nats.js.errors import KeyNotFoundError
 
         jobs = self._jobs[team]
-        for key in await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "job.*"):
+        for key in await self._record_keys(team):
             try:
                 record = JobRecord.from_json((await jobs.get(key)).value)
             except (KeyNotFoundError, MessageError):
@@ -477,7 +481,7 @@ class PlannerService:
         from nats.js.errors import KeyNotFoundError
 
         jobs = self._jobs[team]
-        for key in await kv_keys(self._js, TeamLayout(team).bucket("jobs"), "job.*"):
+        for key in await self._record_keys(team):
             job = key.split(".", 1)[1]
             with contextlib.suppress(KeyNotFoundError):
                 await jobs.get(published_key(job))

@@ -325,13 +325,9 @@ class EmbeddedService(Startable):
         self._follower.report(report)
 
     def _note(self, line: str) -> None:
+        """A scaling step: kept in `scaled` and written to the supervisor's log."""
         self.scaled.append(line)
-        log.info("supervisor: %s", line)
-        with (
-            contextlib.suppress(OSError),
-            (self.state_dir / "logs" / "supervisor.log").open("a") as out,
-        ):
-            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        self._say(line, logging.INFO)
 
     def workers_running(self, pool: str = "cpu") -> list[str]:
         """The pool's worker processes alive and not draining, by name."""
@@ -420,8 +416,9 @@ class EmbeddedService(Startable):
                     child.restarts += 1
                     self._spawn(name, child.args)
 
-    def _say(self, line: str) -> None:
-        log.warning("supervisor: %s", line)
+    def _say(self, line: str, level: int = logging.WARNING) -> None:
+        """A line for the supervisor's log (`<state dir>/logs/supervisor.log`) and the logger."""
+        log.log(level, "supervisor: %s", line)
         with (
             contextlib.suppress(OSError),
             (self.state_dir / "logs" / "supervisor.log").open("a") as out,
