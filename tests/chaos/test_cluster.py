@@ -7,10 +7,8 @@ job's task stream is SIGKILLed mid-job; the job completes with the fault suite's
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +49,10 @@ def _pipeline(data: Path, out: Path) -> Pipeline:
     )
 
 
-def _monitor(cluster: LocalNatsCluster, index: int, path: str) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{cluster.servers[index].monitor_port}{path}"
-    with urllib.request.urlopen(url, timeout=2) as answer:
-        body: dict[str, Any] = json.loads(answer.read())
-        return body
-
-
-def _stream_leader(cluster: LocalNatsCluster) -> int | None:
-    """Which server leads the task stream (None while none does)."""
-    for index, server in enumerate(cluster.servers):
-        if not server.running:
-            continue
-        jsz = _monitor(cluster, index, "/jsz?streams=true")
-        for account in jsz.get("account_details", []):
-            for stream in account.get("stream_detail", []):
-                if stream["name"] == TASKS and stream.get("cluster", {}).get("leader"):
-                    leader = stream["cluster"]["leader"]
-                    return next(i for i, s in enumerate(cluster.servers) if s.name == leader)
-    return None
+def _stream_leader(cluster: LocalNatsCluster, directory: Path) -> str | None:
+    """The name of the server that leads the task stream (None while none does)."""
+    [info] = asyncio.run(_stream_infos(cluster.url, directory, TASKS))
+    return info.cluster.leader if info.cluster is not None else None
 
 
 def _wait(condition: Any, timeout_s: float, what: str) -> Any:
@@ -82,17 +65,22 @@ def _wait(condition: Any, timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
-async def _replicas(url: str, directory: Path) -> list[tuple[str, bool]]:
-    """(server, current) of each copy of the task stream, the leader first."""
+async def _stream_infos(url: str, directory: Path, *streams: str) -> list[Any]:
     import nats
 
     own = creds.read_credentials(creds.service_file(directory, "planner"))
     nc = await nats.connect(nats_servers(url), connect_timeout=5, **own.connect_options())
     try:
-        info = await nc.jetstream().stream_info(TASKS)
-        buckets = [await nc.jetstream().stream_info(f"KV_gm_default_{b}") for b in BUCKETS]
+        return [await nc.jetstream().stream_info(stream) for stream in streams]
     finally:
         await nc.close()
+
+
+async def _replicas(url: str, directory: Path) -> list[tuple[str, bool]]:
+    """(server, current) of each copy of the task stream, the leader first."""
+    info, *buckets = await _stream_infos(
+        url, directory, TASKS, *(f"KV_gm_default_{b}" for b in BUCKETS)
+    )
     assert info.cluster is not None
     assert info.config.num_replicas == 3
     assert [b.config.num_replicas for b in buckets] == [3] * len(BUCKETS)  # the KV too
@@ -142,9 +130,16 @@ def test_a_job_survives_a_killed_nats_server_and_the_server_rejoins(tmp_path: Pa
             try:
                 out = tmp_path / "remote" / "docs"
                 _wait(lambda: out.is_dir() and any(out.iterdir()), 120, "the first output file")
-                leader = _wait(lambda: _stream_leader(cluster), 10, "the task stream's leader")
-                cluster.kill(leader)
-                killed.append(leader)
+                leader = _wait(
+                    lambda: _stream_leader(cluster, state / "credentials"),
+                    10,
+                    "the task stream's leader",
+                )
+                # by name: an index would be 0 for the first server, which `_wait` takes for
+                # "not yet" (the test failed whenever gristmill-1 led)
+                index = [server.name for server in cluster.servers].index(leader)
+                cluster.kill(index)
+                killed.append(index)
                 written_at_kill.append(len(list(out.iterdir())))
             except BaseException as exc:  # the test's thread reports it
                 failures.append(exc)

@@ -14,7 +14,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 from gristmill import faults
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("gristmill.bus")
+
 
 # JetStream's error codes for a stream at its limits with `discard: new`.
 _FULL_CODES = {10077, 10078}
@@ -243,6 +245,71 @@ async def request(
 # process that dies before deleting it (see `stored`).
 READER_IDLE_S = 30.0
 _BATCH = 256
+_PROBE_S = 5.0  # a fetch this long with nothing asks whether the reader's consumer still exists
+_STORED_WAIT_S = 10.0  # messages said to be stored must come within this
+
+
+class _ReaderLost(Exception):
+    """A server took a last-per-subject reader's consumer with it: the read must start over."""
+
+
+class _Reader:
+    """The pull consumer of one `stored` read, made again where a server took the last one."""
+
+    def __init__(self, js: Any, stream: str, subject: str, last_per_subject: bool, **config: Any):
+        self.js, self.stream, self.subject = js, stream, subject
+        self.last_per_subject = last_per_subject
+        self.config = config
+        self.name = ""
+        self.sub: Any = None
+
+    async def open(self, after: int = 0) -> int:
+        """A consumer of the messages after stream sequence `after` (0: all, or the last of
+        each subject); returns how many wait."""
+        import secrets
+
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        from gristmill.bus.streams import patiently
+
+        start: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
+        if after:
+            start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+        elif self.last_per_subject:
+            start = {"deliver_policy": DeliverPolicy.LAST_PER_SUBJECT}
+        self.name = f"read_{secrets.token_hex(8)}"
+        config = ConsumerConfig(
+            name=self.name,
+            filter_subject=self.subject,
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            **start,
+            **self.config,
+        )
+        info = await patiently(partial(self.js.add_consumer, self.stream, config), 30.0)
+        self.sub = await self.js.pull_subscribe_bind(self.name, stream=self.stream)
+        return int(info.num_pending)
+
+    async def alive(self) -> bool:
+        """Whether the consumer still answers."""
+        from nats.errors import Error
+
+        try:
+            await self.js.consumer_info(self.stream, self.name, timeout=2.0)
+        except Error:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Unsubscribe and delete the consumer (where its server is gone, it expires)."""
+        from nats.errors import Error
+
+        with contextlib.suppress(Error):
+            if self.sub is not None:
+                await self.sub.unsubscribe()
+        with contextlib.suppress(Error):
+            await self.js.delete_consumer(self.stream, self.name)
 
 
 async def stored(
@@ -256,55 +323,57 @@ async def stored(
 ) -> AsyncIterator[Any]:
     """The messages `stream` holds on `subject` (a filter), oldest first, or only the last of
     each subject; then, when `idle_s` > 0, new ones as they come, until `idle_s` passes
-    without one. A stored message that does not come within 10 s raises ServiceUnavailable:
-    a reader never ends short without saying so.
+    without one. Stored messages that do not come within 10 s raise ServiceUnavailable: a
+    reader never ends short without saying so.
 
     It reads through a pull consumer of its own, named here and deleted at the end; the
     server removes one left behind after READER_IDLE_S. (An ordered push consumer, what
     nats-py's KV watch uses, stays on the server for five minutes after its unsubscribe, and
     a stream takes 1,000 consumers at most: a planner checking quotas on each submission ran
     out of them.) A pull consumer also says how many messages wait before any is sent, so
-    an empty read is told apart from a slow one."""
-    import secrets
+    an empty read is told apart from a slow one. The consumer has one copy: where a cluster's
+    server dies with it, the read goes on from a new consumer after the last message read
+    (a last-per-subject read raises `_ReaderLost`, to be started over)."""
+    from nats.errors import Error
 
-    from nats.errors import TimeoutError
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-    from nats.js.errors import NotFoundError
-
-    name = f"read_{secrets.token_hex(8)}"
-    config = ConsumerConfig(
-        name=name,
-        filter_subject=subject,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else DeliverPolicy.ALL,
-        ack_policy=AckPolicy.NONE,
+    reader = _Reader(
+        js,
+        stream,
+        subject,
+        last_per_subject,
         headers_only=headers_only,
         inactive_threshold=READER_IDLE_S + idle_s,
-        mem_storage=True,
-        num_replicas=1,
     )
-    left = (await js.add_consumer(stream, config)).num_pending
+    left = await reader.open()
+    last = 0  # the stream sequence of the last message read
+    quiet = 0.0  # seconds of fetching with nothing since then
     try:
-        sub = await js.pull_subscribe_bind(name, stream=stream)
-        try:
-            while left > 0 or idle_s > 0:
-                try:
-                    batch = await sub.fetch(
-                        min(left, _BATCH) or 1, timeout=10.0 if left else idle_s
-                    )
-                except TimeoutError:
-                    if left:
-                        raise ServiceUnavailable(
-                            f"{left} stored messages of {subject} in {stream} did not come in 10 s"
-                        ) from None
+        while left > 0 or idle_s > 0:
+            wait = _PROBE_S if left else min(_PROBE_S, idle_s - quiet)
+            try:
+                batch = await reader.sub.fetch(min(left, _BATCH) or 1, timeout=wait)
+            except (TimeoutError, Error):  # nothing came: a quiet stream, or a lost consumer
+                if not await reader.alive():
+                    if last_per_subject:
+                        raise _ReaderLost(f"{subject} in {stream}") from None
+                    await reader.close()
+                    left, quiet = await reader.open(after=last), 0.0
+                    continue
+                quiet += wait
+                if left and quiet >= _STORED_WAIT_S:
+                    raise ServiceUnavailable(
+                        f"{left} stored messages of {subject} in {stream} did not come in "
+                        f"{quiet:g} s"
+                    ) from None
+                if not left and quiet >= idle_s:
                     return
-                for msg in batch:
-                    left = msg.metadata.num_pending
-                    yield msg
-        finally:
-            await sub.unsubscribe()
+                continue
+            quiet = 0.0
+            for msg in batch:
+                left, last = msg.metadata.num_pending, msg.metadata.sequence.stream
+                yield msg
     finally:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(stream, name)
+        await reader.close()
 
 
 async def replay(js: Any, subject: str, idle_s: float = 0.0) -> AsyncIterator[Any]:
@@ -330,18 +399,34 @@ async def _kv_entries(
         yield msg.subject[len(prefix) :], msg
 
 
+async def _whole[T](read: Callable[[], Awaitable[T]]) -> T:
+    """`read()`, started over (three times at most) when a server took its consumer away."""
+    for attempt in range(3):
+        try:
+            return await read()
+        except _ReaderLost as lost:
+            if attempt == 2:
+                raise ServiceUnavailable(f"reading {lost} lost its consumer 3 times") from None
+    raise AssertionError("unreachable")
+
+
 async def kv_keys(js: Any, bucket: str, pattern: str) -> list[str]:
     """The keys of KV `bucket` that match `pattern` (a NATS wildcard such as `job.*`), filtered
     by the server. (nats-py's `keys(filters=...)` matches substrings, and leaves a consumer
     behind: see `stored`.)"""
-    return [key async for key, _ in _kv_entries(js, bucket, pattern, headers_only=True)]
+
+    async def read() -> list[str]:
+        return [key async for key, _ in _kv_entries(js, bucket, pattern, headers_only=True)]
+
+    return await _whole(read)
 
 
 async def kv_values(js: Any, bucket: str, pattern: str) -> dict[str, bytes]:
     """The values of KV `bucket` under keys matching `pattern`, read in one go (not one request
     per key); empty values left out."""
-    return {
-        key: msg.data
-        async for key, msg in _kv_entries(js, bucket, pattern, headers_only=False)
-        if msg.data
-    }
+
+    async def read() -> dict[str, bytes]:
+        entries = _kv_entries(js, bucket, pattern, headers_only=False)
+        return {key: msg.data async for key, msg in entries if msg.data}
+
+    return await _whole(read)

@@ -42,6 +42,7 @@ __all__ = [
     "TeamLayout",
     "ensure_layout",
     "layout_name",
+    "patiently",
     "step_consumer",
     "stream_of",
 ]
@@ -190,11 +191,11 @@ async def ensure_layout(
             num_replicas=raw["num_replicas"],
         )
         try:
-            await _patiently(partial(js.stream_info, config.name), wait_s)
+            await patiently(partial(js.stream_info, config.name), wait_s)
         except NotFoundError:
-            await _patiently(partial(js.add_stream, config), wait_s)
+            await patiently(partial(js.add_stream, config), wait_s)
         else:
-            await _patiently(partial(js.update_stream, config), wait_s)
+            await patiently(partial(js.update_stream, config), wait_s)
     for purpose in BUCKETS:
         ttl = limits.heartbeat_ttl_s if purpose == "workers" else None
         bucket = api.KeyValueConfig(
@@ -206,13 +207,13 @@ async def ensure_layout(
             replicas=limits.replicas,
         )
         try:
-            await _patiently(partial(js.create_key_value, bucket), wait_s)
+            await patiently(partial(js.create_key_value, bucket), wait_s)
         except BadRequestError:  # exists with other settings: keep the data, and its copies
             await _set_replicas(js, layout.bucket_stream(purpose), limits.replicas, wait_s)
-            await _patiently(partial(js.key_value, layout.bucket(purpose)), wait_s)
+            await patiently(partial(js.key_value, layout.bucket(purpose)), wait_s)
 
 
-async def _patiently(call: Callable[[], Awaitable[Any]], wait_s: float) -> Any:
+async def patiently(call: Callable[[], Awaitable[Any]], wait_s: float) -> Any:
     """`call()`, again while JetStream is not answering yet (a cluster without a leader)."""
     import asyncio
 
@@ -231,7 +232,7 @@ async def _patiently(call: Callable[[], Awaitable[Any]], wait_s: float) -> Any:
 
 async def _set_replicas(js: Any, stream: str, replicas: int, wait_s: float) -> None:
     """Give an existing stream (a bucket's) `replicas` copies, if it has another number."""
-    info = await _patiently(partial(js.stream_info, stream), wait_s)
+    info = await patiently(partial(js.stream_info, stream), wait_s)
     if info.config.num_replicas != replicas:
         info.config.num_replicas = replicas
-        await _patiently(partial(js.update_stream, info.config), wait_s)
+        await patiently(partial(js.update_stream, info.config), wait_s)
